@@ -1,0 +1,232 @@
+"""`/mcp`: every configured server presented as one MCP server.
+
+The gateway answers `initialize` and `ping` itself, merges the lists of all servers (tool and
+prompt names become `{server_id}__{name}`; resources keep their URIs) and routes each call to its
+owner through `forward`. A server that fails to start or list is left out and its error logged
+and shown in `/servers`; the others are listed as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway import __version__
+from gateway.errors import GatewayError, InvalidParams, MethodNotFound, NotFound, ResourceNotFound
+from gateway.forward import forward, forward_notification
+from gateway.lifecycle import ServerRuntime
+from gateway.protocol import Message, error_response, result_response
+from gateway.sessions import ClientSession
+from gateway.upstream.base import Downstream
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger(__name__)
+
+SEPARATOR = "__"  # server ids cannot contain "_", so the first "__" splits unambiguously
+
+# list method -> (result key, whether item names are namespaced)
+_LISTS = {
+    "tools/list": ("tools", True),
+    "prompts/list": ("prompts", True),
+    "resources/list": ("resources", False),
+    "resources/templates/list": ("resourceTemplates", False),
+}
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """A regex for an RFC 6570 template, enough to route a URI to the server that declared it."""
+    out, pos = [], 0
+    for match in re.finditer(r"\{([+#]?)[^}]*\}", template):
+        out.append(re.escape(template[pos : match.start()]))
+        out.append(".+" if match.group(1) else "[^/]+")
+        pos = match.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("".join(out) + "$")
+
+
+class Aggregator:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._resources: dict[str, str] = {}  # uri -> server id
+        self._templates: list[tuple[re.Pattern[str], str]] = []
+
+    # -- McpHandler --------------------------------------------------------------------------------
+
+    async def initialize(self, session: ClientSession, message: Message) -> dict[str, Any]:
+        results = await self._each_server(lambda runtime: self._initialize_result(runtime, session))
+        capabilities: dict[str, Any] = {}
+        for result in results.values():
+            for name, value in (result.get("capabilities") or {}).items():
+                if name in ("tools", "prompts", "resources"):
+                    merged = capabilities.setdefault(name, {})
+                    merged["listChanged"] = True
+                    if name == "resources" and isinstance(value, dict) and value.get("subscribe"):
+                        merged["subscribe"] = True
+                elif name in ("logging", "completions"):
+                    capabilities[name] = {}
+        for name in ("tools", "prompts", "resources"):
+            capabilities.setdefault(name, {"listChanged": True})
+        servers = ", ".join(sorted(self.gateway.lifecycle.servers))
+        return {
+            "protocolVersion": session.protocol_version,
+            "capabilities": capabilities,
+            "serverInfo": {"name": "mcp-gateway", "version": __version__},
+            "instructions": f"Tools and prompts of these servers, named {{server}}{SEPARATOR}{{name}}: {servers}.",
+        }
+
+    async def _initialize_result(self, runtime: ServerRuntime, session: ClientSession) -> dict[str, Any]:
+        upstream = await self.gateway.pool.acquire(runtime, session.identity)
+        self.gateway.pool.release(runtime, upstream)
+        return upstream.initialize_result
+
+    async def request(self, session: ClientSession, message: Message, channel: Downstream) -> Message:
+        method = message["method"]
+        try:
+            if method == "ping":
+                return result_response(message["id"], {})
+            if method in _LISTS:
+                return result_response(message["id"], await self._list(session, method, message))
+            if method == "logging/setLevel":
+                return await self._broadcast(session, message)
+            runtime, params = self._route(method, message.get("params") or {})
+        except GatewayError as exc:
+            self.gateway.observer.request_finished("", method, None, 0.0, exc.error_type)
+            return error_response(message["id"], exc.to_error())
+        message["params"] = params
+        tool = params.get("name") if method == "tools/call" else None
+        return await forward(self.gateway, runtime, session, message, channel, tool)
+
+    async def notification(self, session: ClientSession, message: Message) -> None:
+        for runtime in self.gateway.lifecycle.servers.values():
+            if self.gateway.pool.live_sessions(runtime.id, session.identity):
+                await forward_notification(self.gateway, runtime, session, message)
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def _route(self, method: str, params: dict[str, Any]) -> tuple[ServerRuntime, dict[str, Any]]:
+        """Which server owns this call, and the params as that server expects them."""
+        if method in ("tools/call", "prompts/get"):
+            kind = "tool" if method == "tools/call" else "prompt"
+            runtime, name = self._split(params.get("name"), kind)
+            return runtime, {**params, "name": name}
+        if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
+            return self._owner_of(params.get("uri")), params
+        if method == "completion/complete":
+            ref = params.get("ref") or {}
+            if ref.get("type") == "ref/prompt":
+                runtime, name = self._split(ref.get("name"), "prompt")
+                return runtime, {**params, "ref": {**ref, "name": name}}
+            if ref.get("type") == "ref/resource":
+                return self._owner_of(ref.get("uri")), params
+            raise InvalidParams("completion/complete needs ref.type 'ref/prompt' or 'ref/resource'")
+        raise MethodNotFound(f"Method not found: {method}", data={"method": method})
+
+    def _split(self, name: Any, kind: str) -> tuple[ServerRuntime, str]:
+        if not isinstance(name, str):
+            raise InvalidParams(f"{kind} name must be a string")
+        server_id, sep, original = name.partition(SEPARATOR)
+        runtime = self.gateway.lifecycle.servers.get(server_id)
+        if not sep or runtime is None or not original:
+            raise NotFound(
+                f"unknown {kind} {name!r}: {kind}s are named {{server}}{SEPARATOR}{{name}}",
+                data={kind: name, "servers": sorted(self.gateway.lifecycle.servers)},
+            )
+        return runtime, original
+
+    def _owner_of(self, uri: Any) -> ServerRuntime:
+        if not isinstance(uri, str):
+            raise InvalidParams("uri must be a string")
+        server_id = self._resources.get(uri)
+        if server_id is None:
+            server_id = next((sid for pattern, sid in self._templates if pattern.match(uri)), None)
+        if server_id is None:
+            raise ResourceNotFound(f"no server offers resource {uri!r} (list resources first)", data={"uri": uri})
+        return self.gateway.lifecycle.servers[server_id]
+
+    # -- fan-out ---------------------------------------------------------------------------------
+
+    async def _each_server(self, call: Any) -> dict[str, Any]:
+        """Run `call(runtime)` on every server at once; failures are logged and left out."""
+        runtimes = list(self.gateway.lifecycle.servers.values())
+        results = await asyncio.gather(*(call(runtime) for runtime in runtimes), return_exceptions=True)
+        out = {}
+        for runtime, result in zip(runtimes, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                runtime.last_error = str(result)
+                log.warning("server %s left out of the aggregate: %s", runtime.id, result)
+            else:
+                out[runtime.id] = result
+        return out
+
+    async def _fetch_all(self, runtime: ServerRuntime, session: ClientSession, method: str) -> list[dict[str, Any]]:
+        """Every item of one server's list, following its cursors."""
+        key = _LISTS[method][0]
+        items: list[dict[str, Any]] = []
+        cursor = None
+        for page in range(1000):
+            params: dict[str, Any] = {"cursor": cursor} if cursor else {}
+            request = {"jsonrpc": "2.0", "id": f"list-{page}", "method": method, "params": params}
+            response = await forward(self.gateway, runtime, session, request, None)
+            if "error" in response:
+                error = response["error"]
+                if error.get("code") == -32601:
+                    return []  # the server does not offer this list
+                raise GatewayError(f"{method} failed: {error.get('message')}")
+            result = response.get("result") or {}
+            items.extend(item for item in result.get(key, []) if isinstance(item, dict))
+            cursor = result.get("nextCursor")
+            if not cursor:
+                break
+        return items
+
+    async def _list(self, session: ClientSession, method: str, message: Message) -> dict[str, Any]:
+        key, namespaced = _LISTS[method]
+        per_server = await self._each_server(lambda runtime: self._fetch_all(runtime, session, method))
+        merged: list[dict[str, Any]] = []
+        for server_id in self.gateway.lifecycle.servers:
+            for item in per_server.get(server_id, []):
+                if namespaced:
+                    item = {**item, "name": f"{server_id}{SEPARATOR}{item.get('name')}"}
+                elif method == "resources/list":
+                    self._resources[str(item.get("uri"))] = server_id
+                else:
+                    pattern = _template_pattern(str(item.get("uriTemplate")))
+                    if all(p.pattern != pattern.pattern or s != server_id for p, s in self._templates):
+                        self._templates.append((pattern, server_id))
+                merged.append(item)
+        offset = _decode_cursor((message.get("params") or {}).get("cursor"))
+        size = self.gateway.settings.limits.page_size
+        result: dict[str, Any] = {key: merged[offset : offset + size]}
+        if offset + size < len(merged):
+            result["nextCursor"] = base64.urlsafe_b64encode(orjson.dumps({"o": offset + size})).decode()
+        return result
+
+    async def _broadcast(self, session: ClientSession, message: Message) -> Message:
+        async def one(runtime: ServerRuntime) -> None:
+            caps = runtime.initialize_result.get("capabilities") or {}
+            if "logging" in caps:
+                await forward(self.gateway, runtime, session, {**message}, None)
+
+        await self._each_server(one)
+        return result_response(message["id"], {})
+
+
+def _decode_cursor(cursor: Any) -> int:
+    if cursor is None:
+        return 0
+    try:
+        offset = orjson.loads(base64.urlsafe_b64decode(str(cursor).encode()))["o"]
+        if isinstance(offset, int) and offset >= 0:
+            return offset
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise InvalidParams(f"invalid cursor {cursor!r}")

@@ -1,0 +1,180 @@
+"""The Starlette application: routes, the `Gateway` that wires the parts together, and its lifespan.
+
+Request path: `transport.McpEndpoint` (HTTP, sessions, errors) -> `aggregate.Aggregator` or
+`forward.ServerProxy` (routing) -> `pool.SessionPool` (an upstream session) -> `upstream.*`
+(the wire) -> back. Operations routes (`/healthz`, `/readyz`, `/servers`, admin) live here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.aggregate import Aggregator
+from gateway.config import Config, StdioServer
+from gateway.errors import GatewayError
+from gateway.events import NullObserver, Observer, StopReason
+from gateway.forward import ServerProxy
+from gateway.lifecycle import Lifecycle, ServerRuntime
+from gateway.pool import SessionPool
+from gateway.protocol import Message
+from gateway.sessions import SessionStore
+from gateway.transport import Auth, HttpError, McpEndpoint, McpHandler
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Everything one gateway process holds: config, servers, pool, client sessions, observer."""
+
+    def __init__(self, config: Config, observer: Observer | None = None) -> None:
+        self.config = config
+        self.settings = config.gateway
+        self.observer: Observer = observer or NullObserver()
+        self.lifecycle = Lifecycle(config, self.observer, self._upstream_notification)
+        self.pool = SessionPool(self.observer)
+        self.sessions = SessionStore(self.settings.limits.max_sessions, self.settings.limits.session_idle_timeout)
+        self.auth = Auth(self.settings.auth.tokens)
+        self.aggregator = Aggregator(self)
+        self._proxies = {sid: ServerProxy(self, runtime) for sid, runtime in self.lifecycle.servers.items()}
+        self.ready = False
+        self.draining = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def handler_for(self, server_id: str | None) -> McpHandler:
+        if server_id is None:
+            return self.aggregator
+        proxy = self._proxies.get(server_id)
+        if proxy is None:
+            raise HttpError(404, f"unknown server {server_id!r}", {"known": sorted(self._proxies)})
+        return proxy
+
+    def runtime(self, server_id: str) -> ServerRuntime:
+        runtime = self.lifecycle.servers.get(server_id)
+        if runtime is None:
+            raise HttpError(404, f"unknown server {server_id!r}", {"known": sorted(self.lifecycle.servers)})
+        return runtime
+
+    def _upstream_notification(self, server_id: str, identity: str, message: Message) -> None:
+        """Re-announce what an upstream says to no request in particular (list_changed, logs, updates)."""
+        for session in self.sessions:
+            if session.scope in (server_id, None) and (not identity or session.identity == identity):
+                session.notify(message)
+
+    async def start(self) -> None:
+        await self.lifecycle.startup()
+        self._sweeper = asyncio.create_task(self._expire_sessions(), name="session-expiry")
+        self.ready = True
+
+    async def _expire_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self.settings.limits.session_idle_timeout / 2))
+            if expired := self.sessions.expire():
+                log.info("forgot %d idle client sessions", expired)
+
+    def begin_drain(self) -> None:
+        """Shutdown has begun: not ready, refuse new work, end the long-lived GET streams."""
+        if self.draining:
+            return
+        log.info("draining: refusing new requests")
+        self.ready = False
+        self.draining = True
+        for session in self.sessions:
+            if session.stream is not None:
+                session.close()
+
+    async def stop(self) -> None:
+        self.begin_drain()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.pool.close()
+        await self.lifecycle.shutdown()
+        self.sessions.close_all()
+
+    async def stop_server(self, runtime: ServerRuntime, reason: StopReason) -> None:
+        await self.pool.evict_server(runtime.id, reason)
+        await runtime.stop(reason)
+
+    async def restart_server(self, runtime: ServerRuntime) -> None:
+        await self.pool.evict_server(runtime.id, StopReason.MANUAL)
+        await runtime.restart()
+
+
+def _authorize(gateway: Gateway, request: Request) -> None:
+    gateway.auth.identity({k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()})
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if gateway.ready:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "draining" if gateway.draining else "starting"}, status_code=503)
+
+    async def servers(request: Request) -> Response:
+        _authorize(gateway, request)
+        return JSONResponse(
+            {
+                "gateway_id": gateway.settings.id,
+                "servers": [
+                    {**runtime.describe(), "sessions": gateway.pool.describe(runtime.id)}
+                    for runtime in gateway.lifecycle.servers.values()
+                ],
+            }
+        )
+
+    async def admin(request: Request) -> Response:
+        _authorize(gateway, request)
+        runtime = gateway.runtime(request.path_params["server_id"])
+        try:
+            if request.url.path.endswith("/restart"):
+                await gateway.restart_server(runtime)
+            else:
+                await gateway.stop_server(runtime, StopReason.MANUAL)
+        except GatewayError as exc:
+            return JSONResponse({"error": exc.message, "server": runtime.describe()}, status_code=502)
+        return JSONResponse(runtime.describe())
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HttpError)
+        headers = {k.decode(): v.decode() for k, v in exc.headers}
+        return JSONResponse(exc.body, status_code=exc.status, headers=headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    routes = [
+        Route("/mcp", McpEndpoint(gateway, aggregate=True), methods=["GET", "POST", "DELETE"]),
+        Route("/servers/{server_id}/mcp", McpEndpoint(gateway, aggregate=False), methods=["GET", "POST", "DELETE"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/servers", servers),
+        Route("/servers/{server_id}/restart", admin, methods=["POST"]),
+        Route("/servers/{server_id}/stop", admin, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HttpError: on_http_error})
+    app.state.gateway = gateway
+    return app
+
+
+def describe_endpoints(config: Config, base: str) -> dict[str, Any]:
+    return {
+        "mcp": f"{base}/mcp",
+        "servers": {sid: f"{base}/servers/{sid}/mcp" for sid in config.servers},
+        "stdio": [sid for sid, server in config.servers.items() if isinstance(server, StdioServer)],
+    }

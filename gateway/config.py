@@ -1,0 +1,209 @@
+"""The gateway's configuration: one typed model, validated at the edge.
+
+A config file is YAML or JSON in either the gateway's own layout (`gateway:` + `servers:`) or the
+`mcpServers` layout desktop clients use. `${VAR}` expands from the environment before validation.
+Everything past `load_config` gets typed, already-valid values; every problem becomes a
+`ConfigError` naming the file, the key path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+
+SERVER_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """An invalid configuration; the message is meant for the operator as is."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RestartPolicy(_Model):
+    """Restart a crashed stdio server with exponential backoff, at most `max_attempts` per `window`."""
+
+    enabled: bool = True
+    max_attempts: int = Field(5, ge=0)
+    window: float = Field(60.0, gt=0, description="seconds")
+    backoff_initial: float = Field(0.5, gt=0)
+    backoff_max: float = Field(30.0, gt=0)
+
+
+class _ServerBase(_Model):
+    lazy: bool = True
+    idle_timeout: float = Field(0.0, ge=0, description="stop an idle stdio server after this many seconds; 0 = never")
+    request_timeout: float = Field(60.0, gt=0)
+    start_timeout: float = Field(30.0, gt=0, description="seconds to spawn and answer initialize")
+    restart: RestartPolicy = RestartPolicy()
+
+
+class StdioServer(_ServerBase):
+    transport: Literal["stdio"] = "stdio"
+    command: str = Field(min_length=1)
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None
+
+
+class HttpServer(_ServerBase):
+    transport: Literal["streamable-http"] = "streamable-http"
+    url: str
+    headers: dict[str, str] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+def _server_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "http" if "url" in value else "stdio"
+    return getattr(value, "transport", None) and ("http" if value.transport != "stdio" else "stdio")
+
+
+ServerConfig = Annotated[
+    Annotated[StdioServer, Tag("stdio")] | Annotated[HttpServer, Tag("http")],
+    Discriminator(_server_kind),
+]
+
+
+class AuthConfig(_Model):
+    """Bearer tokens accepted on MCP and admin routes; none means open (bind to loopback then)."""
+
+    tokens: list[str] = []
+    metrics_token: str | None = Field(None, description="bearer token for /metrics; none = open")
+
+    @field_validator("tokens")
+    @classmethod
+    def _non_empty(cls, tokens: list[str]) -> list[str]:
+        if any(not token.strip() for token in tokens):
+            raise ValueError("tokens must not be empty strings (is an environment variable unset?)")
+        return tokens
+
+
+class Limits(_Model):
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_sessions: int = Field(10_000, gt=0, description="downstream MCP sessions at once")
+    session_idle_timeout: float = Field(3600.0, gt=0, description="forget a client session unused this long")
+    drain_timeout: float = Field(10.0, ge=0, description="seconds in-flight requests get on shutdown")
+    page_size: int = Field(500, gt=0, description="items per page of the aggregated lists")
+
+
+class GatewaySettings(_Model):
+    id: str = Field(default_factory=socket.gethostname)
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    auth: AuthConfig = AuthConfig()
+    limits: Limits = Limits()
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: ["http://localhost", "http://127.0.0.1", "http://[::1]"],
+        description="Origins allowed to call the gateway (any port of each); '*' allows all",
+    )
+
+
+class Config(_Model):
+    gateway: GatewaySettings = GatewaySettings()
+    servers: dict[str, ServerConfig] = {}
+
+    @field_validator("servers")
+    @classmethod
+    def _server_ids(cls, servers: dict[str, Any]) -> dict[str, Any]:
+        for server_id in servers:
+            if not SERVER_ID.match(server_id):
+                raise ValueError(f"server id {server_id!r} must match {SERVER_ID.pattern}")
+        return servers
+
+
+# Keys a desktop client's mcpServers entry may carry that mean nothing to the gateway.
+_MCP_SERVERS_IGNORED = {"type", "disabled", "autoApprove", "alwaysAllow", "timeout", "description", "transportType"}
+
+
+def _from_mcp_servers(raw: dict[str, Any]) -> dict[str, Any]:
+    entries = raw.get("mcpServers")
+    if not isinstance(entries, dict):
+        raise ConfigError("mcpServers: must be a mapping of server id to server")
+    servers = {}
+    for name, entry in entries.items():
+        if isinstance(entry, dict):
+            if entry.get("disabled"):
+                continue
+            entry = {k: v for k, v in entry.items() if k not in _MCP_SERVERS_IGNORED}
+        servers[name] = entry
+    rest = {k: v for k, v in raw.items() if k != "mcpServers"}
+    return {**rest, "servers": servers}
+
+
+def _expand(value: Any, path: str, env: dict[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                raise ConfigError(f"{path}: environment variable {name} is not set")
+            return env[name]
+
+        return _VAR.sub(lookup, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def parse_config(raw: Any, *, env: dict[str, str] | None = None) -> Config:
+    """Validate already-parsed config data; raises ConfigError with key paths."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("the top level must be a mapping")
+    if "mcpServers" in raw:
+        raw = _from_mcp_servers(raw)
+    raw = _expand(raw, "", dict(os.environ) if env is None else env)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
+    """Read, expand and validate a config file; every problem is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    try:
+        return parse_config(raw, env=env)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        # Drop the discriminator's tag ("stdio"/"http") from the path: users never wrote it.
+        loc = [str(part) for part in error["loc"] if part not in ("stdio", "http")]
+        where = ".".join(loc) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines)

@@ -1,0 +1,109 @@
+"""The gateway's one exception hierarchy.
+
+Every failure a client can see is a `GatewayError` carrying a JSON-RPC code, an HTTP status for the
+cases answered outside JSON-RPC, and an `error_type` from a closed set that metrics label by. The
+HTTP boundary (`gateway.transport`) is the only place these become responses.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorType(StrEnum):
+    """Why a request failed: the closed value set of the `error_type` label."""
+
+    TIMEOUT = "timeout"  # the upstream did not answer within request_timeout
+    UPSTREAM_ERROR = "upstream_error"  # the upstream answered with a JSON-RPC error
+    TOOL_ERROR = "tool_error"  # tools/call answered with isError: true
+    TRANSPORT = "transport"  # the upstream process died, a pipe broke, an HTTP exchange failed
+    PROTOCOL = "protocol"  # the client sent something that is not valid MCP
+    REJECTED = "rejected"  # refused by policy: auth, size limit, shutting down, unknown session
+    UNAVAILABLE = "unavailable"  # the upstream could not be started or reached
+    NOT_FOUND = "not_found"  # unknown server, tool, prompt or resource
+    INTERNAL = "internal"  # a bug in the gateway
+
+
+# JSON-RPC codes (spec) and the MCP SDK's conventions for the rest.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+CONNECTION_CLOSED = -32000
+REQUEST_TIMEOUT = -32001
+RESOURCE_NOT_FOUND = -32002
+
+
+class GatewayError(Exception):
+    """A failure answered to the client as a JSON-RPC error (or an HTTP status outside JSON-RPC)."""
+
+    code: int = INTERNAL_ERROR
+    error_type: ErrorType = ErrorType.INTERNAL
+    http_status: int = 500
+
+    def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def to_error(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+class ParseError(GatewayError):
+    code, error_type, http_status = PARSE_ERROR, ErrorType.PROTOCOL, 400
+
+
+class InvalidRequest(GatewayError):
+    code, error_type, http_status = INVALID_REQUEST, ErrorType.PROTOCOL, 400
+
+
+class MethodNotFound(GatewayError):
+    code, error_type, http_status = METHOD_NOT_FOUND, ErrorType.PROTOCOL, 200
+
+
+class InvalidParams(GatewayError):
+    code, error_type, http_status = INVALID_PARAMS, ErrorType.PROTOCOL, 200
+
+
+class NotFound(GatewayError):
+    """An unknown tool, prompt or resource named by the client."""
+
+    code, error_type, http_status = INVALID_PARAMS, ErrorType.NOT_FOUND, 200
+
+
+class ResourceNotFound(NotFound):
+    code = RESOURCE_NOT_FOUND
+
+
+class UnknownServer(GatewayError):
+    code, error_type, http_status = INVALID_PARAMS, ErrorType.NOT_FOUND, 404
+
+
+class Rejected(GatewayError):
+    code, error_type, http_status = INVALID_REQUEST, ErrorType.REJECTED, 400
+
+
+class ShuttingDown(Rejected):
+    http_status = 503
+
+
+class UpstreamTimeout(GatewayError):
+    code, error_type, http_status = REQUEST_TIMEOUT, ErrorType.TIMEOUT, 504
+
+
+class UpstreamClosed(GatewayError):
+    """The upstream went away (crash, broken pipe, HTTP failure) while a request was in flight."""
+
+    code, error_type, http_status = CONNECTION_CLOSED, ErrorType.TRANSPORT, 502
+
+
+class UpstreamUnavailable(GatewayError):
+    """The upstream could not be started or initialized."""
+
+    code, error_type, http_status = CONNECTION_CLOSED, ErrorType.UNAVAILABLE, 503

@@ -1,0 +1,1 @@
+"""Upstream MCP sessions: the gateway as a client of each configured server."""

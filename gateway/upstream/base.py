@@ -1,0 +1,272 @@
+"""What every upstream session does whatever carries its bytes: ids, in-flight requests, routing.
+
+Many downstream clients share one upstream session, so each forwarded request gets a fresh upstream
+id (two clients' `"id": 1` never meet upstream) and progress tokens are remapped the same way. Every
+message the upstream sends is routed here: responses to the request that awaits them, progress and
+server-to-client requests to the downstream that made the related request, the rest to a handler.
+Transports (`stdio.py`, `http.py`) only implement `_send`, `_close_transport` and feed `_dispatch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway import __version__
+from gateway.errors import GatewayError, MethodNotFound, UpstreamClosed, UpstreamTimeout
+from gateway.protocol import LATEST_VERSION, Message, error_response
+
+log = logging.getLogger(__name__)
+
+CLIENT_INFO = {"name": "mcp-gateway", "version": __version__}
+# Declared upstream so servers may use them; each request is relayed to a downstream client that
+# declared the capability, or answered with an error.
+CLIENT_CAPABILITIES: dict[str, Any] = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {}}
+
+
+class Downstream(Protocol):
+    """A channel back to one downstream client: where related upstream messages go."""
+
+    def notify(self, message: Message) -> None: ...
+
+    async def request(self, message: Message) -> Message:
+        """Relay a server-to-client request; return the client's response (any id)."""
+        ...
+
+
+class UpstreamHandler(Protocol):
+    """Receives what no single downstream request owns."""
+
+    def on_notification(self, session: UpstreamSession, message: Message) -> None: ...
+
+    def on_closed(self, session: UpstreamSession, reason: str, detail: str) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    future: asyncio.Future[Message]
+    client_id: Any
+    downstream: Downstream | None
+    owner: object = None  # the client session that sent it, for cancellation
+    progress_token: Any = None
+    method: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class UpstreamSession(ABC):
+    """One initialized MCP session with one upstream server."""
+
+    transport: str = ""
+
+    def __init__(self, server_id: str, handler: UpstreamHandler | None = None) -> None:
+        self.server_id = server_id
+        self.handler = handler
+        self.identity = ""  # whose session this is; "" when every caller shares it
+        self.initialize_result: dict[str, Any] = {}
+        self.protocol_version = LATEST_VERSION
+        self.closed = False
+        self.close_reason = ""
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Pending] = {}
+        self._progress: dict[str, Pending] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- what transports implement ---------------------------------------------------------------
+
+    @abstractmethod
+    async def _send(self, message: Message, pending: Pending | None) -> None:
+        """Deliver one message upstream. For HTTP this also reads the reply and dispatches it."""
+
+    @abstractmethod
+    async def _close_transport(self) -> None: ...
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    # -- the client side ---------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def initialize(self, timeout: float) -> None:
+        """The MCP handshake, as the gateway's own client identity."""
+        message: Message = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": LATEST_VERSION,
+                "capabilities": CLIENT_CAPABILITIES,
+                "clientInfo": CLIENT_INFO,
+            },
+        }
+        response = await self.request(message, timeout=timeout)
+        if "error" in response:
+            raise GatewayError(f"initialize failed: {response['error'].get('message', response['error'])}")
+        result = response.get("result")
+        if not isinstance(result, dict):
+            raise GatewayError("initialize answered without a result object")
+        self.initialize_result = result
+        self.protocol_version = str(result.get("protocolVersion", LATEST_VERSION))
+        await self.notify({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def request(
+        self, message: Message, *, timeout: float, downstream: Downstream | None = None, owner: object = None
+    ) -> Message:
+        """Forward a request; return the upstream's response carrying the caller's own id again."""
+        if self.closed:
+            raise UpstreamClosed(
+                f"server {self.server_id!r} is not connected ({self.close_reason or 'closed'})",
+                data={"server": self.server_id, "reason": self.close_reason or "closed"},
+            )
+        upstream_id = next(self._ids)
+        pending = Pending(asyncio.get_running_loop().create_future(), message["id"], downstream, owner)
+        pending.method = message.get("method", "")
+        params = message.get("params")
+        if params is not None:
+            meta = params.get("_meta")
+            if isinstance(meta, dict) and "progressToken" in meta:
+                pending.progress_token = meta["progressToken"]
+                token = f"gw-{upstream_id}"
+                params["_meta"] = {**meta, "progressToken": token}
+                self._progress[token] = pending
+        message["id"] = upstream_id
+        self._pending[upstream_id] = pending
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send(message, pending)
+                response = await pending.future
+        except TimeoutError:
+            self._spawn(self._cancel_upstream(upstream_id, "request timed out at the gateway"))
+            raise UpstreamTimeout(
+                f"server {self.server_id!r} did not answer {pending.method} within {timeout:g}s",
+                data={"server": self.server_id, "reason": "timeout", "timeout": timeout},
+            ) from None
+        except asyncio.CancelledError:
+            # The client went away: tell the upstream to stop working on it.
+            if not self.closed:
+                self._spawn(self._cancel_upstream(upstream_id, "client disconnected"))
+            raise
+        finally:
+            self._pending.pop(upstream_id, None)
+            if pending.progress_token is not None:
+                self._progress.pop(f"gw-{upstream_id}", None)
+        response["id"] = pending.client_id
+        return response
+
+    async def notify(self, message: Message) -> None:
+        if not self.closed:
+            await self._send(message, None)
+
+    def cancel(self, client_id: Any, owner: object, reason: str | None) -> bool:
+        """A downstream `notifications/cancelled`: find its request and cancel it upstream."""
+        for upstream_id, pending in list(self._pending.items()):
+            if pending.client_id == client_id and pending.owner is owner:
+                self._spawn(self._cancel_upstream(upstream_id, reason))
+                pending.future.set_exception(
+                    GatewayError("cancelled by the client", data={"server": self.server_id, "reason": "cancelled"})
+                )
+                return True
+        return False
+
+    async def _cancel_upstream(self, upstream_id: int, reason: str | None) -> None:
+        params: dict[str, Any] = {"requestId": upstream_id}
+        if reason:
+            params["reason"] = reason
+        try:
+            await self.notify({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})
+        except GatewayError as exc:
+            log.debug("could not send cancellation to %s: %s", self.server_id, exc)
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self._mark_closed(reason, "closed by the gateway")
+        await self._close_transport()
+
+    # -- what the upstream sends -----------------------------------------------------------------
+
+    def _dispatch(self, message: Any, via: Pending | None = None) -> None:
+        """Route one message from the upstream. `via` is the request whose reply stream carried it."""
+        if not isinstance(message, dict):
+            log.warning("server %s sent a non-object JSON message; skipped", self.server_id)
+            return
+        method = message.get("method")
+        if method is None:
+            pending = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+            if pending is not None and not pending.future.done():
+                pending.future.set_result(message)
+            else:
+                log.debug("server %s answered unknown or finished request %r", self.server_id, message.get("id"))
+            return
+        if "id" in message:
+            target = via.downstream if via is not None else self._sole_downstream()
+            self._spawn(self._relay_request(message, target))
+            return
+        if method == "notifications/progress":
+            params = message.get("params") or {}
+            owner = self._progress.get(str(params.get("progressToken")))
+            if owner is not None:
+                if owner.downstream is not None:
+                    message["params"] = {**params, "progressToken": owner.progress_token}
+                    owner.downstream.notify(message)
+                return
+        target = via.downstream if via is not None else None
+        if target is None and method == "notifications/message":
+            target = self._sole_downstream()
+        if target is not None:
+            target.notify(message)
+        elif self.handler is not None:
+            self.handler.on_notification(self, message)
+
+    def _sole_downstream(self) -> Downstream | None:
+        """The one downstream with requests in flight, if exactly one: stdio carries no request ids."""
+        found: Downstream | None = None
+        for pending in self._pending.values():
+            if pending.downstream is None:
+                continue
+            if found is not None and pending.downstream is not found:
+                return None
+            found = pending.downstream
+        return found
+
+    async def _relay_request(self, message: Message, target: Downstream | None) -> None:
+        upstream_id = message["id"]
+        try:
+            if target is None:
+                raise MethodNotFound(
+                    f"the gateway has no client to relay {message['method']} to",
+                    data={"server": self.server_id},
+                )
+            response = await target.request(message)
+            response["id"] = upstream_id
+        except GatewayError as exc:
+            response = error_response(upstream_id, exc.to_error())
+        await self.notify(response)
+
+    def _mark_closed(self, reason: str, detail: str) -> None:
+        """Fail every in-flight request at once: no client waits on a dead upstream."""
+        if self.closed and not self._pending:
+            return
+        first = not self.closed
+        self.closed = True
+        self.close_reason = self.close_reason or reason
+        error_data = {"server": self.server_id, "reason": reason, "detail": detail}
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(
+                    UpstreamClosed(f"server {self.server_id!r} closed the connection: {detail}", data=error_data)
+                )
+        if first and self.handler is not None:
+            self.handler.on_closed(self, reason, detail)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,174 @@
+"""A stdio MCP server as a child process of the gateway: newline-delimited JSON on stdin/stdout.
+
+The child gets the MCP SDK's minimal environment plus its configured `env`, so the gateway's own
+secrets never reach it. It runs in a process group of its own (so `npx` and the `node` it spawns
+stop together) and dies with the gateway. Its stderr is logged line by line, tagged with the
+server id. A stdout line that is not JSON is logged and skipped; EOF fails every in-flight request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+from typing import Any
+
+import orjson
+from mcp.client.stdio import get_default_environment
+
+from gateway.config import StdioServer
+from gateway.errors import UpstreamClosed, UpstreamUnavailable
+from gateway.protocol import Message, dumps
+from gateway.upstream.base import Pending, UpstreamHandler, UpstreamSession
+
+log = logging.getLogger(__name__)
+stderr_log = logging.getLogger("gateway.upstream.stderr")
+
+MAX_LINE = 64 * 1024 * 1024  # one JSON-RPC message; larger is a protocol failure
+_HIGH_WATER = 256 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def child_environment(config: StdioServer) -> dict[str, str]:
+    return {**get_default_environment(), **config.env}
+
+
+class StdioSession(UpstreamSession):
+    transport = "stdio"
+
+    def __init__(self, server_id: str, config: StdioServer, handler: UpstreamHandler | None = None) -> None:
+        super().__init__(server_id, handler)
+        self.config = config
+        self._proc: asyncio.subprocess.Process | None = None
+        self._readers: list[asyncio.Task[None]] = []
+        self.exit_code: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self, timeout: float) -> None:
+        """Spawn the process and complete the MCP handshake within `timeout` seconds."""
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                self.config.command,
+                *self.config.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=child_environment(self.config),
+                cwd=self.config.cwd,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                limit=MAX_LINE,
+            )
+        except OSError as exc:
+            self._mark_closed("unavailable", f"cannot start {self.config.command!r}: {exc.strerror or exc}")
+            raise UpstreamUnavailable(
+                f"server {self.server_id!r} could not be started: {exc.strerror or exc}",
+                data={"server": self.server_id, "reason": "spawn_failed"},
+            ) from None
+        self._readers = [
+            asyncio.create_task(self._read_stdout(), name=f"{self.server_id}-stdout"),
+            asyncio.create_task(self._read_stderr(), name=f"{self.server_id}-stderr"),
+        ]
+        await self.initialize(timeout)
+
+    async def _send(self, message: Message, pending: Pending | None) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or self.closed:
+            raise UpstreamClosed(
+                f"server {self.server_id!r} is not running", data={"server": self.server_id, "reason": "not_running"}
+            )
+        try:
+            proc.stdin.write(dumps(message) + b"\n")
+            if proc.stdin.transport.get_write_buffer_size() > _HIGH_WATER:
+                await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self._mark_closed("crash", f"broken pipe: {exc}")
+            raise UpstreamClosed(
+                f"server {self.server_id!r} closed its stdin", data={"server": self.server_id, "reason": "crash"}
+            ) from None
+
+    async def _read_stdout(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        stdout = self._proc.stdout
+        detail = "end of output"
+        while True:
+            try:
+                line = await stdout.readline()
+            except ValueError:  # a line over MAX_LINE
+                log.error("server %s wrote a line over %d bytes on stdout; stopping it", self.server_id, MAX_LINE)
+                detail = "oversized message on stdout"
+                self._kill()
+                break
+            if not line:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                message: Any = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                log.warning("server %s wrote a line that is not JSON on stdout; skipped: %.200r", self.server_id, line)
+                continue
+            if isinstance(message, list):
+                for item in message:
+                    self._dispatch(item)
+            else:
+                self._dispatch(message)
+        code = await self._proc.wait()
+        self.exit_code = code
+        if not self.closed:
+            self._mark_closed("crash", f"{detail}; process exited with code {code}")
+
+    async def _read_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        while True:
+            try:
+                line = await self._proc.stderr.readline()
+            except ValueError:
+                continue
+            if not line:
+                return
+            stderr_log.info("[%s] %s", self.server_id, line.decode("utf-8", "replace").rstrip())
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def _kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    async def _close_transport(self, grace: float = 3.0) -> None:
+        """Close stdin, then SIGTERM the process group, then SIGKILL: the MCP stdio shutdown sequence."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                self._signal_group(sig)
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), grace / 3 if sig is None else grace)
+                break
+            except TimeoutError:
+                continue
+        # The leader may be gone while its children linger in the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for task in self._readers:
+            task.cancel()
+        self.exit_code = proc.returncode
