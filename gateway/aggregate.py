@@ -39,6 +39,8 @@ _LISTS = {
     "resources/templates/list": ("resourceTemplates", False),
 }
 
+_RESOURCE_LISTS = ("resources/list", "resources/templates/list")
+
 
 def _template_pattern(template: str) -> re.Pattern[str]:
     """A regex for an RFC 6570 template, enough to route a URI to the server that declared it."""
@@ -95,7 +97,12 @@ class Aggregator:
                 return result_response(message["id"], await self._list(session, method, message))
             if method == "logging/setLevel":
                 return await self._broadcast(session, message)
-            runtime, params = self._route(method, message.get("params") or {})
+            try:
+                runtime, params = self._route(method, message.get("params") or {})
+            except ResourceNotFound:
+                # A client may use a URI it already knows without listing first: learn the owners, retry once.
+                await self._learn_resources(session)
+                runtime, params = self._route(method, message.get("params") or {})
         except GatewayError as exc:
             self.gateway.observer.request_finished("", method, None, 0.0, exc.error_type)
             return error_response(message["id"], exc.to_error())
@@ -147,7 +154,7 @@ class Aggregator:
         if server_id is None:
             server_id = next((sid for pattern, sid in self._templates if pattern.match(uri)), None)
         if server_id is None:
-            raise ResourceNotFound(f"no server offers resource {uri!r} (list resources first)", data={"uri": uri})
+            raise ResourceNotFound(f"no server offers resource {uri!r}", data={"uri": uri})
         return self.gateway.lifecycle.servers[server_id]
 
     # -- fan-out ---------------------------------------------------------------------------------
@@ -209,6 +216,9 @@ class Aggregator:
         if offset + size < len(merged):
             result["nextCursor"] = base64.urlsafe_b64encode(orjson.dumps({"o": offset + size})).decode()
         return result
+
+    async def _learn_resources(self, session: ClientSession) -> None:
+        await asyncio.gather(*(self._list(session, method, {}) for method in _RESOURCE_LISTS))
 
     async def _broadcast(self, session: ClientSession, message: Message) -> Message:
         async def one(runtime: ServerRuntime) -> None:

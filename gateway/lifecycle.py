@@ -18,14 +18,12 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-import httpx
-
 from gateway.config import Config, HttpServer, StdioServer
 from gateway.errors import GatewayError, UnknownServer, UpstreamUnavailable
 from gateway.events import Observer, StopReason
 from gateway.protocol import Message
 from gateway.upstream.base import UpstreamSession
-from gateway.upstream.http import HttpSession, make_client
+from gateway.upstream.http import HttpClient, HttpSession, make_client
 from gateway.upstream.stdio import StdioSession
 
 log = logging.getLogger(__name__)
@@ -70,7 +68,7 @@ class ServerRuntime:
         self._process: StdioSession | None = None
         self._starting: asyncio.Task[StdioSession] | None = None
         self._failures: deque[float] = deque()
-        self._http: httpx.AsyncClient | None = None
+        self._http: HttpClient | None = None
         self._stopping = False
         self._closed = False
 
@@ -260,7 +258,7 @@ class ServerRuntime:
         self._closed = True
         await self.stop(StopReason.SHUTDOWN)
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
 
     def describe(self) -> dict[str, Any]:
         info = self.initialize_result.get("serverInfo") or {}

@@ -1,0 +1,283 @@
+"""What the gateway adds to a `tools/call`: latency, throughput and the gateway's CPU per call.
+
+In one run, side by side: the official MCP client calling an SDK-built upstream directly, and the
+same client calling it through a real `mcp-gateway` process, for a streamable-HTTP upstream and a
+stdio upstream. Prints a table and writes JSON (default `bench/results/overhead.json`).
+
+    .venv/bin/python bench/overhead.py            # full run (a few minutes)
+    .venv/bin/python bench/overhead.py --smoke    # seconds; what the test suite runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import psutil
+import yaml
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def start_http_upstream() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [PY, "-m", "tests.servers.http_upstream", "--port", "0", "--json-response"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"upstream failed to start: {line!r}")
+    return proc, f"http://127.0.0.1:{line.split()[1]}/mcp"
+
+
+def start_gateway(upstream_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    config = {
+        "gateway": {"id": "bench", "port": port},
+        "servers": {
+            "remote": {"url": upstream_url, "lazy": False},
+            "demo": {"command": PY, "args": ["-m", "gateway.demo_server"], "lazy": False},
+        },
+    }
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = (workdir / "gateway.log").open("wb")
+    proc = subprocess.Popen(
+        [PY, "-m", "gateway", "serve", "--config", str(path), "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base + "/readyz", proc)
+    return proc, base
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+@dataclass
+class Result:
+    arm: str
+    concurrency: int
+    calls: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    calls_per_s: float
+    gateway_cpu_ms_per_call: float | None = None
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+
+Connect = Callable[[], AbstractAsyncContextManager[ClientSession]]
+
+
+def http_connect(url: str) -> Connect:
+    @asynccontextmanager
+    async def connect() -> AsyncIterator[ClientSession]:
+        client = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=120.0))
+        async with client, streamable_http_client(url, http_client=client) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                yield session
+
+    return connect
+
+
+def stdio_connect() -> Connect:
+    params = StdioServerParameters(command=PY, args=["-m", "gateway.demo_server"], cwd=str(REPO))
+
+    @asynccontextmanager
+    async def connect() -> AsyncIterator[ClientSession]:
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            yield session
+
+    return connect
+
+
+async def run_arm(
+    arm: str, connect: Connect, tool: str, concurrency: int, calls: int, gateway_pid: int | None
+) -> Result:
+    """`concurrency` sessions share `calls` sequential-per-session echo calls after a warm-up."""
+    per_session = max(1, calls // concurrency)
+    latencies: list[float] = []
+    ready = asyncio.Barrier(concurrency + 1)
+    done = asyncio.Barrier(concurrency + 1)
+
+    async def worker() -> None:
+        async with connect() as session:
+            for _ in range(20):
+                await session.call_tool(tool, {"text": "warm"})
+            await ready.wait()
+            for i in range(per_session):
+                started = time.perf_counter()
+                await session.call_tool(tool, {"text": f"call {i}"})
+                latencies.append(time.perf_counter() - started)
+            await done.wait()
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    await ready.wait()
+    cpu_before = cpu_seconds(gateway_pid) if gateway_pid else 0.0
+    started = time.perf_counter()
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    cpu_after = cpu_seconds(gateway_pid) if gateway_pid else 0.0
+    await asyncio.gather(*tasks)
+    ordered = sorted(latencies)
+    total = len(ordered)
+    return Result(
+        arm=arm,
+        concurrency=concurrency,
+        calls=total,
+        seconds=elapsed,
+        p50_ms=statistics.median(ordered) * 1000,
+        p99_ms=ordered[min(total - 1, int(total * 0.99))] * 1000,
+        calls_per_s=total / elapsed,
+        gateway_cpu_ms_per_call=(cpu_after - cpu_before) * 1000 / total if gateway_pid else None,
+    )
+
+
+async def bench(calls: int, concurrencies: list[int], rounds: int) -> list[Result]:
+    upstream, upstream_url = start_http_upstream()
+    workdir = Path(tempfile.mkdtemp(prefix="mcp-gateway-bench-"))
+    gateway, base = start_gateway(upstream_url, workdir)
+    arms: list[tuple[str, Connect, str, int | None]] = [
+        ("http direct", http_connect(upstream_url), "echo", None),
+        ("http via gateway", http_connect(f"{base}/servers/remote/mcp"), "echo", gateway.pid),
+        ("stdio direct", stdio_connect(), "echo", None),
+        ("stdio via gateway", http_connect(f"{base}/servers/demo/mcp"), "echo", gateway.pid),
+    ]
+    results: list[Result] = []
+    try:
+        # Rounds interleave the arms so that a noisy neighbour hurts them all alike.
+        for _ in range(rounds):
+            for concurrency in concurrencies:
+                for arm, connect, tool, pid in arms:
+                    results.append(await run_arm(arm, connect, tool, concurrency, calls, pid))
+    finally:
+        for proc in (gateway, upstream):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    return results
+
+
+def summarize(results: list[Result]) -> list[dict[str, Any]]:
+    """Median over rounds, per arm and concurrency, plus the ratio against the direct arm."""
+    rows: list[dict[str, Any]] = []
+    keys = sorted({(r.concurrency, r.arm) for r in results}, key=lambda k: (k[0], k[1]))
+    for concurrency, arm in keys:
+        group = [r for r in results if r.arm == arm and r.concurrency == concurrency]
+        cpu = [r.gateway_cpu_ms_per_call for r in group if r.gateway_cpu_ms_per_call is not None]
+        rows.append(
+            {
+                "arm": arm,
+                "concurrency": concurrency,
+                "p50_ms": statistics.median(r.p50_ms for r in group),
+                "p99_ms": statistics.median(r.p99_ms for r in group),
+                "calls_per_s": statistics.median(r.calls_per_s for r in group),
+                "gateway_cpu_ms_per_call": statistics.median(cpu) if cpu else None,
+            }
+        )
+    for row in rows:
+        transport = row["arm"].split()[0]
+        direct = next(r for r in rows if r["arm"] == f"{transport} direct" and r["concurrency"] == row["concurrency"])
+        row["added_p50_ms"] = row["p50_ms"] - direct["p50_ms"]
+        row["throughput_ratio"] = row["calls_per_s"] / direct["calls_per_s"]
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = f"{'arm':<18} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'calls/s':>8} {'ratio':>6} {'gw CPU ms/call':>15}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        cpu = row["gateway_cpu_ms_per_call"]
+        print(
+            f"{row['arm']:<18} {row['concurrency']:>4} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
+            f"{row['added_p50_ms']:>8.3f} {row['calls_per_s']:>8.0f} {row['throughput_ratio']:>6.2f} "
+            f"{'' if cpu is None else f'{cpu:.3f}':>15}"
+        )
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000, help="measured calls per arm and concurrency")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated session counts")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="a few calls, to check the benchmark runs")
+    parser.add_argument("--json", default=str(REPO / "bench" / "results" / "overhead.json"))
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.calls, args.concurrency, args.rounds = 40, "1,4", 1
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    results = asyncio.run(bench(args.calls, concurrencies, args.rounds))
+    rows = summarize(results)
+    print_table(rows)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {"machine": machine(), "args": vars(args), "summary": rows, "runs": [asdict(r) for r in results]},
+            indent=2,
+        )
+    )
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Shared fixtures: real gateways and real upstream servers on free loopback ports.
+
+Every process a test starts binds 127.0.0.1 and is stopped by the test, by its pid. Waits are
+conditions polled under a deadline, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import yaml
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TOOLS = REPO / ".tools"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def demo_server(**extra: Any) -> dict[str, Any]:
+    return {"command": PY, "args": ["-m", "gateway.demo_server"], **extra}
+
+
+def misbehaving_server(**extra: Any) -> dict[str, Any]:
+    return {"command": PY, "args": ["-m", "tests.servers.stdio_misbehaving"], "cwd": str(REPO), **extra}
+
+
+def everything_server(**extra: Any) -> dict[str, Any]:
+    entry = TOOLS / "bin" / "mcp-server-everything"
+    assert entry.exists(), "server-everything is missing: run `make test` (scripts/install-tools.sh installs it)"
+    return {"command": str(entry), "args": ["stdio"], **extra}
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen[bytes]
+    port: int
+    config_path: Path
+    log_path: Path
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, server: str | None = None) -> str:
+        return f"{self.base}/mcp" if server is None else f"{self.base}/servers/{server}/mcp"
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.base + path, headers=self.headers, timeout=10, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return httpx.post(self.base + path, headers=headers, timeout=30, **kwargs)
+
+    def servers(self) -> dict[str, dict[str, Any]]:
+        return {s["id"]: s for s in self.get("/servers").json()["servers"]}
+
+    def server(self, server_id: str) -> dict[str, Any]:
+        return self.servers()[server_id]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def children(self) -> list[psutil.Process]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        return []
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM the gateway and wait; SIGKILL (and fail) if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"gateway did not exit within {timeout}s of SIGTERM") from None
+        return self.proc.returncode
+
+
+def start_gateway(
+    tmp_path: Path, servers: dict[str, Any], gateway: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> Gateway:
+    port = free_port()
+    config = {"gateway": {"id": "test-gw", "port": port, **(gateway or {})}, "servers": servers}
+    config_path = tmp_path / f"gateway-{port}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp_path / f"gateway-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [PY, "-m", "gateway", "serve", "--config", str(config_path), "--log-level", "debug"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
+    gw = Gateway(proc, port, config_path, log_path)
+    tokens = (gateway or {}).get("auth", {}).get("tokens")
+    if tokens:
+        gw.headers = {"Authorization": f"Bearer {tokens[0]}"}
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {proc.returncode}:\n{gw.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(gw.base + "/readyz", timeout=1).status_code == 200
+        return False
+
+    wait_for(ready, 30, "the gateway to be ready")
+    return gw
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def factory(servers: dict[str, Any], gateway: dict[str, Any] | None = None, **kw: Any) -> Gateway:
+        gw = start_gateway(tmp_path, servers, gateway, **kw)
+        started.append(gw)
+        return gw
+
+    yield factory
+    for gw in started:
+        children = gw.children()
+        gw.stop()
+        psutil.wait_procs(children, timeout=10)
+        alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        for proc in alive:
+            proc.kill()
+        assert not alive, f"gateway left children running: {alive}"
+
+
+@dataclass
+class Upstream:
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_http_upstream(*flags: str) -> Upstream:
+    proc = subprocess.Popen(
+        [PY, "-m", "tests.servers.http_upstream", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise AssertionError(f"http upstream did not start: {line!r}")
+    return Upstream(proc, int(line.split()[1]))
+
+
+@pytest.fixture
+def http_upstream() -> Iterator[Upstream]:
+    upstream = start_http_upstream("--name", "remote")
+    yield upstream
+    upstream.stop()
+
+
+@contextlib.asynccontextmanager
+async def mcp_session(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[ClientSession]:
+    """The official MCP client, initialized against `url`."""
+    import httpx2
+
+    client = httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(30.0, read=120.0))
+    async with client, streamable_http_client(url, http_client=client) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            yield session
+
+
+def rpc(gw: Gateway, path: str, message: Any, session_id: str | None = None, **headers: str) -> httpx.Response:
+    """One raw JSON-RPC POST, for tests of exactly what goes over the wire."""
+    all_headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json", **headers}
+    if session_id:
+        all_headers["Mcp-Session-Id"] = session_id
+        all_headers.setdefault("MCP-Protocol-Version", "2025-11-25")
+    body = message if isinstance(message, bytes) else json.dumps(message).encode()
+    return gw.post(path, content=body, headers=all_headers)
+
+
+def raw_initialize(gw: Gateway, path: str, version: str = "2025-11-25") -> str:
+    response = rpc(
+        gw,
+        path,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+        },
+    )
+    assert response.status_code == 200, response.text
+    session_id = response.headers["mcp-session-id"]
+    rpc(gw, path, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session_id, **{"MCP-Protocol-Version": version})
+    return session_id

@@ -1,0 +1,1 @@
+"""Standalone MCP servers used as gateway upstreams in tests (run as subprocesses)."""

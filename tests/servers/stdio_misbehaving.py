@@ -1,0 +1,155 @@
+"""Hand-written stdio MCP server (no SDK) that misbehaves on request, for gateway robustness tests.
+
+Run: ``python -m tests.servers.stdio_misbehaving``. Speaks newline-delimited JSON-RPC on stdin/stdout.
+Tools: ``echo`` answers normally; ``garbage`` writes a non-JSON line to stdout, then answers normally;
+``crash`` exits the process with code 3 without answering; ``hang`` never answers (other requests still do);
+``env`` returns the process environment as JSON text; ``cancelled`` returns, as JSON text, the ids of the
+``hang`` requests and of the ``notifications/cancelled`` received. It writes one line to stderr at startup.
+With ``MISBEHAVING_STUBBORN=1`` in its environment it ignores SIGTERM and outlives the end of stdin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+SERVER_INFO = {"name": "stdio-misbehaving", "version": "1.0.0"}
+DEFAULT_PROTOCOL_VERSION = "2025-11-25"
+GARBAGE_LINE = "this is not json"
+CRASH_EXIT_CODE = 3
+
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+PARSE_ERROR = -32700
+
+_TEXT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"text": {"type": "string"}},
+    "required": ["text"],
+}
+_NO_ARGS_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
+
+TOOLS: list[dict[str, Any]] = [
+    {"name": "echo", "description": "Return the given text unchanged.", "inputSchema": _TEXT_SCHEMA},
+    {
+        "name": "garbage",
+        "description": "Write a non-JSON line to stdout, then answer like echo.",
+        "inputSchema": _NO_ARGS_SCHEMA,
+    },
+    {
+        "name": "crash",
+        "description": f"Exit the process with code {CRASH_EXIT_CODE} without answering.",
+        "inputSchema": _NO_ARGS_SCHEMA,
+    },
+    {"name": "hang", "description": "Never answer this request.", "inputSchema": _NO_ARGS_SCHEMA},
+    {"name": "env", "description": "The process environment as JSON text.", "inputSchema": _NO_ARGS_SCHEMA},
+    {
+        "name": "cancelled",
+        "description": "JSON text: ids of hang requests and of notifications/cancelled received.",
+        "inputSchema": _NO_ARGS_SCHEMA,
+    },
+]
+
+HUNG: list[Any] = []  # ids of hang requests, in arrival order
+CANCELLED: list[Any] = []  # requestId of each notifications/cancelled, in arrival order
+
+
+def _write_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _send(message: dict[str, Any]) -> None:
+    _write_line(json.dumps({"jsonrpc": "2.0", **message}, separators=(",", ":")))
+
+
+def _result(request_id: Any, result: dict[str, Any]) -> None:
+    _send({"id": request_id, "result": result})
+
+
+def _error(request_id: Any, code: int, message: str) -> None:
+    _send({"id": request_id, "error": {"code": code, "message": message}})
+
+
+def _text_result(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "isError": False}
+
+
+def _call_tool(request_id: Any, params: dict[str, Any]) -> None:
+    name = params.get("name")
+    arguments = params.get("arguments") or {}
+    if name == "echo":
+        _result(request_id, _text_result(str(arguments.get("text", ""))))
+    elif name == "garbage":
+        _write_line(GARBAGE_LINE)
+        _result(request_id, _text_result("garbage sent"))
+    elif name == "crash":
+        sys.stdout.flush()
+        os._exit(CRASH_EXIT_CODE)
+    elif name == "hang":
+        HUNG.append(request_id)
+    elif name == "env":
+        _result(request_id, _text_result(json.dumps(dict(os.environ), sort_keys=True)))
+    elif name == "cancelled":
+        _result(request_id, _text_result(json.dumps({"hung": HUNG, "cancelled": CANCELLED})))
+    else:
+        _error(request_id, INVALID_PARAMS, f"Unknown tool: {name}")
+
+
+def _handle(message: dict[str, Any]) -> None:
+    method = message.get("method")
+    if not isinstance(method, str):
+        return  # a response or something unrecognisable: this server never sends requests, so ignore it
+    if "id" not in message:
+        if method == "notifications/cancelled":
+            CANCELLED.append((message.get("params") or {}).get("requestId"))
+        return  # notifications need no answer
+    request_id = message["id"]
+    params = message.get("params") or {}
+    if method == "initialize":
+        _result(
+            request_id,
+            {
+                "protocolVersion": params.get("protocolVersion", DEFAULT_PROTOCOL_VERSION),
+                "capabilities": {"tools": {"listChanged": False}},
+                "serverInfo": SERVER_INFO,
+            },
+        )
+    elif method == "ping":
+        _result(request_id, {})
+    elif method == "tools/list":
+        _result(request_id, {"tools": TOOLS})
+    elif method == "tools/call":
+        _call_tool(request_id, params)
+    else:
+        _error(request_id, METHOD_NOT_FOUND, f"Method not found: {method}")
+
+
+def main() -> None:
+    stubborn = os.environ.get("MISBEHAVING_STUBBORN") == "1"
+    if stubborn:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"stdio-misbehaving started (pid {os.getpid()})", file=sys.stderr, flush=True)
+    while line := sys.stdin.readline():
+        if not line.strip():
+            continue
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            _error(None, PARSE_ERROR, "Parse error")
+            continue
+        if isinstance(message, dict):
+            _handle(message)
+        elif isinstance(message, list):  # JSON-RPC batch (pre-2025-06-18 clients)
+            for item in message:
+                if isinstance(item, dict):
+                    _handle(item)
+    while stubborn:  # only SIGKILL ends it
+        signal.pause()
+
+
+if __name__ == "__main__":
+    main()
