@@ -1,0 +1,49 @@
+# mcp-gateway: `make run` starts the gateway on its embedded demo; `make test` installs what the
+# tests need (dev extras, npm MCP servers, Node 22, Prometheus) and runs the whole suite.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: run install tools test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	@echo "MCP endpoint:   http://$(HOST):$(PORT)/mcp  (per server: /servers/{id}/mcp)"
+	@echo "Metrics:        http://$(HOST):$(PORT)/metrics"
+	@echo "Servers:        http://$(HOST):$(PORT)/servers"
+	$(VENV)/bin/mcp-gateway serve --host $(HOST) --port $(PORT) $(ARGS)
+
+tools:
+	bash scripts/install-tools.sh
+
+test: install tools
+	rm -f .coverage .coverage.*
+	$(PY) -m coverage run -m pytest $(PYTEST_ARGS)
+	$(PY) -m coverage combine --quiet
+	$(PY) -m coverage report --skip-covered --sort=cover
+
+lint: install
+	$(PY) -m ruff check gateway telemetry tests bench
+	$(PY) -m ruff format --check gateway telemetry tests bench
+	$(PY) -m mypy
+
+format: install
+	$(PY) -m ruff format gateway telemetry tests bench
+	$(PY) -m ruff check --fix gateway telemetry tests bench
+
+bench: install
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .tools .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache bench/results
