@@ -63,7 +63,9 @@ def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 30.0) -> 
 def start_http_upstream() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [PY, "-m", "tests.servers.http_upstream", "--port", "0", "--json-response"],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -87,7 +89,9 @@ def start_gateway(upstream_url: str, workdir: Path) -> tuple[subprocess.Popen[by
     log = (workdir / "gateway.log").open("wb")
     proc = subprocess.Popen(
         [PY, "-m", "gateway", "serve", "--config", str(path), "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
     )
     base = f"http://127.0.0.1:{port}"
     wait_ready(base + "/readyz", proc)
@@ -119,10 +123,13 @@ def http_connect(url: str) -> Connect:
     @asynccontextmanager
     async def connect() -> AsyncIterator[ClientSession]:
         client = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=120.0))
-        async with client, streamable_http_client(url, http_client=client) as (read, write):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                yield session
+        async with (
+            client,
+            streamable_http_client(url, http_client=client) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            yield session
 
     return connect
 
@@ -231,7 +238,10 @@ def summarize(results: list[Result]) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'arm':<18} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'calls/s':>8} {'ratio':>6} {'gw CPU ms/call':>15}"
+    header = (
+        f"{'arm':<18} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'calls/s':>8} {'ratio':>6}"
+        f" {'gw CPU ms/call':>15}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:

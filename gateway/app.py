@@ -43,6 +43,7 @@ class Gateway:
         self.pool = SessionPool(self.observer)
         self.sessions = SessionStore(self.settings.limits.max_sessions, self.settings.limits.session_idle_timeout)
         self.auth = Auth(self.settings.auth.tokens)
+        self.allowed_hosts = self.settings.effective_allowed_hosts()
         self.aggregator = Aggregator(self)
         self._proxies = {sid: ServerProxy(self, runtime) for sid, runtime in self.lifecycle.servers.items()}
         self.ready = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 from types import FrameType
@@ -54,7 +55,8 @@ def serve(config: Config, log_level: str) -> int:
         port=settings.port,
         log_level=log_level.lower(),
         access_log=False,
-        timeout_graceful_shutdown=int(settings.limits.drain_timeout) or None,
+        # Whole seconds, rounded up; 0 is no grace at all (None would be uvicorn's "wait forever").
+        timeout_graceful_shutdown=math.ceil(settings.limits.drain_timeout),
         server_header=False,
     )
     server = _Server(uv_config, gateway.begin_drain)

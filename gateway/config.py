@@ -71,13 +71,17 @@ class HttpServer(_ServerBase):
 
 def _server_kind(value: Any) -> str | None:
     if isinstance(value, dict):
-        return "http" if "url" in value else "stdio"
+        return "http" if "url" in value or value.get("transport") == "streamable-http" else "stdio"
     return getattr(value, "transport", None) and ("http" if value.transport != "stdio" else "stdio")
 
 
 ServerConfig = Annotated[
     Annotated[StdioServer, Tag("stdio")] | Annotated[HttpServer, Tag("http")],
-    Discriminator(_server_kind),
+    Discriminator(
+        _server_kind,
+        custom_error_type="server_entry",
+        custom_error_message="must be a mapping with a 'command' (stdio) or a 'url' (streamable HTTP)",
+    ),
 ]
 
 
@@ -113,6 +117,18 @@ class GatewaySettings(_Model):
         default_factory=lambda: ["http://localhost", "http://127.0.0.1", "http://[::1]"],
         description="Origins allowed to call the gateway (any port of each); '*' allows all",
     )
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header values accepted (any port); default: loopback names when bound to loopback, else any",
+    )
+
+    def effective_allowed_hosts(self) -> list[str] | None:
+        """None means any Host; a loopback-bound gateway answers only loopback names (DNS rebinding)."""
+        if self.allowed_hosts is not None:
+            return None if "*" in self.allowed_hosts else self.allowed_hosts
+        if self.host in ("127.0.0.1", "localhost", "::1"):
+            return ["localhost", "127.0.0.1", "[::1]"]
+        return None
 
 
 class Config(_Model):
@@ -136,6 +152,8 @@ def _from_mcp_servers(raw: dict[str, Any]) -> dict[str, Any]:
     entries = raw.get("mcpServers")
     if not isinstance(entries, dict):
         raise ConfigError("mcpServers: must be a mapping of server id to server")
+    if "servers" in raw:
+        raise ConfigError("servers: use either servers or mcpServers, not both")
     servers = {}
     for name, entry in entries.items():
         if isinstance(entry, dict):
@@ -170,13 +188,16 @@ def parse_config(raw: Any, *, env: dict[str, str] | None = None) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("the top level must be a mapping")
-    if "mcpServers" in raw:
+    # Errors name the keys as the user wrote them: `mcpServers.x`, not the `servers.x` it becomes.
+    servers_key = "mcpServers" if "mcpServers" in raw else "servers"
+    if servers_key == "mcpServers":
         raw = _from_mcp_servers(raw)
-    raw = _expand(raw, "", dict(os.environ) if env is None else env)
+    env = dict(os.environ) if env is None else env
+    raw = {k: _expand(v, servers_key if k == "servers" else str(k), env) for k, v in raw.items()}
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, servers_key)) from None
 
 
 def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
@@ -186,6 +207,8 @@ def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Confi
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
@@ -196,11 +219,13 @@ def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Confi
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, servers_key: str) -> str:
     lines = []
     for error in exc.errors():
         # Drop the discriminator's tag ("stdio"/"http") from the path: users never wrote it.
         loc = [str(part) for part in error["loc"] if part not in ("stdio", "http")]
+        if loc[:1] == ["servers"]:
+            loc[0] = servers_key
         where = ".".join(loc) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":

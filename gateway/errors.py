@@ -42,6 +42,7 @@ class GatewayError(Exception):
     code: int = INTERNAL_ERROR
     error_type: ErrorType = ErrorType.INTERNAL
     http_status: int = 500
+    transport_level: bool = False  # answered with `http_status`, not inside a 200
 
     def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -57,10 +58,12 @@ class GatewayError(Exception):
 
 class ParseError(GatewayError):
     code, error_type, http_status = PARSE_ERROR, ErrorType.PROTOCOL, 400
+    transport_level = True
 
 
 class InvalidRequest(GatewayError):
     code, error_type, http_status = INVALID_REQUEST, ErrorType.PROTOCOL, 400
+    transport_level = True
 
 
 class MethodNotFound(GatewayError):
@@ -91,6 +94,12 @@ class Rejected(GatewayError):
 
 class ShuttingDown(Rejected):
     http_status = 503
+    transport_level = True
+
+
+class TooManySessions(Rejected):
+    http_status = 503
+    transport_level = True
 
 
 class UpstreamTimeout(GatewayError):

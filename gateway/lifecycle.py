@@ -91,8 +91,8 @@ class ServerRuntime:
         self._on_notification(self.id, session.identity, message)
 
     def on_closed(self, session: UpstreamSession, reason: str, detail: str) -> None:
-        if session is not self._process or self._stopping:
-            return
+        if session is not self._process or self._stopping or self.state is ServerState.STARTING:
+            return  # a stop the gateway asked for, or a failed start, which `_spawn` reports once
         # The process went away on its own.
         self._process = None
         self.last_exit_reason = StopReason.CRASH

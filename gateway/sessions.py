@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import GatewayError, MethodNotFound, Rejected, UpstreamTimeout
+from gateway.errors import GatewayError, MethodNotFound, Rejected, TooManySessions, UpstreamTimeout
 from gateway.protocol import Message
 
 # Which client capability a server-to-client request needs.
@@ -106,7 +106,7 @@ class SessionStore:
         if len(self._sessions) >= self.max_sessions:
             self.expire()
             if len(self._sessions) >= self.max_sessions:
-                raise _TooManySessions(f"the gateway holds its maximum of {self.max_sessions} client sessions")
+                raise TooManySessions(f"the gateway holds its maximum of {self.max_sessions} client sessions")
         session = ClientSession(secrets.token_hex(16), scope, identity, protocol_version)
         self._sessions[session.id] = session
         return session
@@ -129,10 +129,6 @@ class SessionStore:
     def close_all(self) -> None:
         for session in list(self._sessions.values()):
             self.end(session)
-
-
-class _TooManySessions(Rejected):
-    http_status = 503
 
 
 __all__ = ["ClientSession", "GatewayError", "SessionStore", "is_end_of_stream"]

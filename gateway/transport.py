@@ -16,7 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.errors import GatewayError, InvalidRequest, ParseError, ShuttingDown
+from gateway.errors import INVALID_REQUEST, GatewayError, InvalidRequest, ShuttingDown
 from gateway.protocol import (
     HEADER_REQUIRED_SINCE,
     SUPPORTED_VERSIONS,
@@ -26,6 +26,7 @@ from gateway.protocol import (
     error_response,
     is_request,
     loads,
+    negotiate,
 )
 from gateway.sessions import ClientSession, is_end_of_stream
 from gateway.upstream.base import Downstream
@@ -76,7 +77,11 @@ async def send_body(send: Send, status: int, body: bytes, headers: list[tuple[by
 
 
 async def send_http_error(send: Send, error: HttpError) -> None:
-    await send_body(send, error.status, dumps(error.body), [*_JSON, *error.headers])
+    """An MCP endpoint's HTTP error, shaped as a JSON-RPC error (id null) so MCP clients show its message."""
+    body: dict[str, Any] = {"code": INVALID_REQUEST, "message": error.body["error"]}
+    if len(error.body) > 1:
+        body["data"] = {k: v for k, v in error.body.items() if k != "error"}
+    await send_body(send, error.status, dumps(error_response(None, body)), [*_JSON, *error.headers])
 
 
 def sse_event(message: Message) -> bytes:
@@ -116,6 +121,14 @@ def origin_allowed(origin: bytes, allowed: list[str]) -> bool:
         if value == entry or (value.startswith(entry + ":") and value[len(entry) + 1 :].isdigit()):
             return True
     return False
+
+
+def host_allowed(host: bytes, allowed: list[str]) -> bool:
+    value = host.decode("latin-1").lower()
+    name = value.rsplit(":", 1)[0] if value.count(":") == 1 or value.startswith("[") else value
+    if name.startswith("[") and "]" in value:
+        name = value[: value.index("]") + 1]
+    return name in allowed
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
@@ -197,6 +210,8 @@ class McpEndpoint:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
         gateway = self.gateway
+        if gateway.allowed_hosts is not None and not host_allowed(headers.get(b"host", b""), gateway.allowed_hosts):
+            raise HttpError(421, "Misdirected Request: Host header not allowed (DNS rebinding protection)")
         origin = headers.get(b"origin")
         if origin is not None and not origin_allowed(origin, gateway.settings.allowed_origins):
             raise HttpError(403, f"origin {origin.decode('latin-1')!r} is not allowed")
@@ -270,8 +285,8 @@ class McpEndpoint:
                 return
             session = self._session(headers, identity, server_id)
         except GatewayError as exc:
-            # Transport-level faults get an HTTP status too; everything else is a JSON-RPC error in a 200.
-            status = exc.http_status if isinstance(exc, ParseError | InvalidRequest | ShuttingDown) else 200
+            # Faults of the HTTP exchange itself get their status; the rest is a JSON-RPC error in a 200.
+            status = exc.http_status if exc.transport_level else 200
             await send_body(send, status, dumps(error_response(request_id, exc.to_error())), _JSON)
             return
         if not is_request(message):
@@ -289,8 +304,7 @@ class McpEndpoint:
         self, send: Send, message: Message, identity: str, server_id: str | None, handler: McpHandler
     ) -> None:
         params = message.get("params") or {}
-        requested = params.get("protocolVersion")
-        version = requested if requested in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[0]
+        version = negotiate(params.get("protocolVersion"))
         session = self.gateway.sessions.create(server_id, identity, version)
         session.capabilities = params.get("capabilities") or {}
         try:

@@ -211,15 +211,20 @@ def http_upstream() -> Iterator[Upstream]:
 
 
 @contextlib.asynccontextmanager
-async def mcp_session(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[ClientSession]:
-    """The official MCP client, initialized against `url`."""
+async def mcp_session(
+    url: str, headers: dict[str, str] | None = None, **callbacks: Any
+) -> AsyncIterator[ClientSession]:
+    """The official MCP client, initialized against `url`; `callbacks` go to `ClientSession`."""
     import httpx2
 
     client = httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(30.0, read=120.0))
-    async with client, streamable_http_client(url, http_client=client) as (read, write):
-        async with ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
+    async with (
+        client,
+        streamable_http_client(url, http_client=client) as (read, write),
+        ClientSession(read, write, **callbacks) as session,
+    ):
+        await session.initialize()
+        yield session
 
 
 def rpc(gw: Gateway, path: str, message: Any, session_id: str | None = None, **headers: str) -> httpx.Response:
@@ -230,6 +235,12 @@ def rpc(gw: Gateway, path: str, message: Any, session_id: str | None = None, **h
         all_headers.setdefault("MCP-Protocol-Version", "2025-11-25")
     body = message if isinstance(message, bytes) else json.dumps(message).encode()
     return gw.post(path, content=body, headers=all_headers)
+
+
+def error_message(response: httpx.Response) -> str:
+    """The message of an error answer: MCP endpoints send JSON-RPC errors, other routes {"error": ...}."""
+    error = response.json()["error"]
+    return str(error["message"] if isinstance(error, dict) else error)
 
 
 def raw_initialize(gw: Gateway, path: str, version: str = "2025-11-25") -> str:
@@ -245,5 +256,6 @@ def raw_initialize(gw: Gateway, path: str, version: str = "2025-11-25") -> str:
     )
     assert response.status_code == 200, response.text
     session_id = response.headers["mcp-session-id"]
-    rpc(gw, path, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session_id, **{"MCP-Protocol-Version": version})
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    rpc(gw, path, initialized, session_id, **{"MCP-Protocol-Version": version})
     return session_id

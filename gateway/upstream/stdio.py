@@ -127,6 +127,7 @@ class StdioSession(UpstreamSession):
                 self._dispatch(message)
         code = await self._proc.wait()
         self.exit_code = code
+        self._kill_group()  # what the server started goes with it, whether it was asked to stop or not
         if not self.closed:
             self._mark_closed("crash", f"{detail}; process exited with code {code}")
 
@@ -150,6 +151,12 @@ class StdioSession(UpstreamSession):
     def _kill(self) -> None:
         self._signal_group(signal.SIGKILL)
 
+    def _kill_group(self) -> None:
+        """SIGKILL the process group even when its leader is gone: its children may linger."""
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+
     async def _close_transport(self, grace: float = 3.0) -> None:
         """Close stdin, then SIGTERM the process group, then SIGKILL: the MCP stdio shutdown sequence."""
         proc = self._proc
@@ -166,9 +173,7 @@ class StdioSession(UpstreamSession):
                 break
             except TimeoutError:
                 continue
-        # The leader may be gone while its children linger in the group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        self._kill_group()
         for task in self._readers:
             task.cancel()
         self.exit_code = proc.returncode
