@@ -69,7 +69,7 @@ class ServerRuntime:
         self._starting: asyncio.Task[StdioSession] | None = None
         self._failures: deque[float] = deque()
         self._http: HttpClient | None = None
-        self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
@@ -91,8 +91,8 @@ class ServerRuntime:
         self._on_notification(self.id, session.identity, message)
 
     def on_closed(self, session: UpstreamSession, reason: str, detail: str) -> None:
-        if session is not self._process or self._stopping or self.state is ServerState.STARTING:
-            return  # a stop the gateway asked for, or a failed start, which `_spawn` reports once
+        if session is not self._process or self.state is ServerState.STARTING:
+            return  # a stop the gateway asked for (it detaches the process first), or a failed start
         # The process went away on its own.
         self._process = None
         self.last_exit_reason = StopReason.CRASH
@@ -167,11 +167,7 @@ class ServerRuntime:
                 await process.start(self.config.start_timeout)
             except GatewayError as exc:
                 self._process = None
-                self._stopping = True
-                try:
-                    await process.close(StopReason.START_FAILED)
-                finally:
-                    self._stopping = False
+                await process.close(StopReason.START_FAILED)
                 self._start_failed(exc)
                 raise UpstreamUnavailable(
                     f"server {self.id!r} failed to start: {exc.message}",
@@ -225,24 +221,33 @@ class ServerRuntime:
     # -- operations ------------------------------------------------------------------------------
 
     async def stop(self, reason: StopReason) -> None:
-        """Stop the server; in-flight requests to it fail with an error naming the reason."""
+        """Stop the server; in-flight requests to it fail with an error naming the reason.
+
+        The stopping runs in a task of its own, so a caller cancelled halfway (the idle sweeper, when
+        the gateway shuts down) cannot leave a process half-stopped; a later stop waits for it.
+        """
         if self._starting is not None:
             self._starting.cancel()
             with contextlib.suppress(BaseException):
                 await self._starting
             self._starting = None
+        if self._stop_task is not None:
+            await asyncio.shield(self._stop_task)
         process, self._process = self._process, None
         if self.state is not ServerState.RUNNING and process is None:
             if self.state is ServerState.FAILED and reason is StopReason.MANUAL:
                 self.state = ServerState.STOPPED
             return
         self.state = ServerState.STOPPING
-        self._stopping = True
+        self._stop_task = asyncio.create_task(self._finish_stop(process, reason), name=f"stop-{self.id}")
+        await asyncio.shield(self._stop_task)
+
+    async def _finish_stop(self, process: StdioSession | None, reason: StopReason) -> None:
         try:
             if process is not None:
                 await process.close(reason)
         finally:
-            self._stopping = False
+            self._stop_task = None
         self.last_exit_reason = reason
         log.info("server %s stopped (%s)", self.id, reason)
         self._set_stopped(reason)

@@ -62,6 +62,20 @@ def misbehaving_server(**extra: Any) -> dict[str, Any]:
     return {"command": PY, "args": ["-m", "tests.servers.stdio_misbehaving"], "cwd": str(REPO), **extra}
 
 
+# A stdio server that leaves a helper process in its group, as `npx` leaves `node`: it starts a
+# sleeper (pipes closed, so only the process group ties it to the server), then becomes the demo server.
+_WITH_HELPER = (
+    "import os, subprocess, sys; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+    "stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'gateway.demo_server'])"
+)
+
+
+def demo_with_helper(**extra: Any) -> dict[str, Any]:
+    return {"command": PY, "args": ["-c", _WITH_HELPER], "cwd": str(REPO), **extra}
+
+
 def everything_server(**extra: Any) -> dict[str, Any]:
     entry = TOOLS / "bin" / "mcp-server-everything"
     assert entry.exists(), "server-everything is missing: run `make test` (scripts/install-tools.sh installs it)"

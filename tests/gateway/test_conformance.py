@@ -28,9 +28,7 @@ def _passed(checks: dict[str, list[dict[str, Any]]]) -> set[str]:
     return {name for name, found in checks.items() if scenario_passed(found)}
 
 
-def test_everything_scenarios_that_pass_directly_pass_through_the_gateway(
-    tmp_path: Path, gateway_factory: Any
-) -> None:
+def test_everything_scenarios_that_pass_directly_pass_through_the_gateway(tmp_path: Path, gateway_factory: Any) -> None:
     port = free_port()
     direct_server = start_server_everything_http(port, log_path=tmp_path / "everything.log")
     try:
