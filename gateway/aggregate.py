@@ -12,13 +12,15 @@ import asyncio
 import base64
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway import __version__
 from gateway.errors import GatewayError, InvalidParams, MethodNotFound, NotFound, ResourceNotFound
-from gateway.forward import forward, forward_notification
+from gateway.events import RequestRecord
+from gateway.forward import forward, forward_notification, named_target
 from gateway.lifecycle import ServerRuntime
 from gateway.protocol import Message, error_response, result_response
 from gateway.sessions import ClientSession
@@ -90,13 +92,19 @@ class Aggregator:
 
     async def request(self, session: ClientSession, message: Message, channel: Downstream) -> Message:
         method = message["method"]
+        started = time.perf_counter()
         try:
             if method == "ping":
+                self._answered(session, message, started, None)
                 return result_response(message["id"], {})
             if method in _LISTS:
-                return result_response(message["id"], await self._list(session, method, message))
+                result = await self._list(session, method, message)
+                self._answered(session, message, started, None)
+                return result_response(message["id"], result)
             if method == "logging/setLevel":
-                return await self._broadcast(session, message)
+                response = await self._broadcast(session, message)
+                self._answered(session, message, started, None)
+                return response
             try:
                 runtime, params = self._route(method, message.get("params") or {})
             except ResourceNotFound:
@@ -104,11 +112,16 @@ class Aggregator:
                 await self._learn_resources(session)
                 runtime, params = self._route(method, message.get("params") or {})
         except GatewayError as exc:
-            self.gateway.observer.request_finished("", method, None, 0.0, exc.error_type)
+            self._answered(session, message, started, exc.error_type)
             return error_response(message["id"], exc.to_error())
         message["params"] = params
-        tool = params.get("name") if method == "tools/call" else None
-        return await forward(self.gateway, runtime, session, message, channel, tool)
+        return await forward(self.gateway, runtime, session, message, channel, named_target(message))
+
+    def _answered(self, session: ClientSession, message: Message, started: float, error: str | None) -> None:
+        """Report a request the gateway answered itself, without asking an upstream."""
+        duration = time.perf_counter() - started
+        record = RequestRecord("", message["method"], None, duration, error, None, session.protocol_version, None)
+        self.gateway.observer.request_finished(record)
 
     async def notification(self, session: ClientSession, message: Message) -> None:
         for runtime in self.gateway.lifecycle.servers.values():

@@ -10,26 +10,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from gateway.aggregate import Aggregator
 from gateway.config import Config, StdioServer
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ShuttingDown
 from gateway.events import NullObserver, Observer, StopReason
 from gateway.forward import ServerProxy
 from gateway.lifecycle import Lifecycle, ServerRuntime
 from gateway.pool import SessionPool
 from gateway.protocol import Message
-from gateway.sessions import SessionStore
+from gateway.sessions import ClientSession, SessionStore
 from gateway.transport import Auth, HttpError, McpEndpoint, McpHandler
 
+if TYPE_CHECKING:
+    from gateway.observability import Telemetry
+
 log = logging.getLogger(__name__)
+
+_DEADLINE_MARGIN = 0.25  # seconds before the drain timeout at which in-flight requests are answered
 
 
 class Gateway:
@@ -41,7 +48,9 @@ class Gateway:
         self.observer: Observer = observer or NullObserver()
         self.lifecycle = Lifecycle(config, self.observer, self._upstream_notification)
         self.pool = SessionPool(self.observer)
-        self.sessions = SessionStore(self.settings.limits.max_sessions, self.settings.limits.session_idle_timeout)
+        self.sessions = SessionStore(
+            self.settings.limits.max_sessions, self.settings.limits.session_idle_timeout, self._session_ended
+        )
         self.auth = Auth(self.settings.auth.tokens)
         self.allowed_hosts = self.settings.effective_allowed_hosts()
         self.aggregator = Aggregator(self)
@@ -49,6 +58,10 @@ class Gateway:
         self.ready = False
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
+
+    def _session_ended(self, session: ClientSession) -> None:
+        age = time.monotonic() - session.created
+        self.observer.session_closed("server", age, session.protocol_version, None)
 
     def handler_for(self, server_id: str | None) -> McpHandler:
         if server_id is None:
@@ -91,6 +104,16 @@ class Gateway:
         for session in self.sessions:
             if session.stream is not None:
                 session.close()
+        # Just before uvicorn's own drain timeout cuts connections, answer what is still in flight.
+        deadline = max(0.0, self.settings.limits.drain_timeout - _DEADLINE_MARGIN)
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing can be in flight
+            asyncio.get_running_loop().call_later(deadline, self._fail_in_flight)
+
+    def _fail_in_flight(self) -> None:
+        error = ShuttingDown("the gateway shut down before the server answered", data={"reason": "shutdown"})
+        failed = sum(session.fail_pending(error) for session in self.pool.all_sessions())
+        if failed:
+            log.warning("drain timeout: answered %d in-flight requests with a shutdown error", failed)
 
     async def stop(self) -> None:
         self.begin_drain()
@@ -113,7 +136,9 @@ def _authorize(gateway: Gateway, request: Request) -> None:
     gateway.auth.identity({k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()})
 
 
-def create_app(gateway: Gateway) -> Starlette:
+def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
+    """The gateway's ASGI app; with `telemetry`, also `/metrics` and HTTP server metrics."""
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -158,6 +183,8 @@ def create_app(gateway: Gateway) -> Starlette:
             yield
         finally:
             await gateway.stop()
+            if telemetry is not None:
+                telemetry.shutdown()
 
     routes = [
         Route("/mcp", McpEndpoint(gateway, aggregate=True), methods=["GET", "POST", "DELETE"]),
@@ -168,9 +195,12 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/servers/{server_id}/restart", admin, methods=["POST"]),
         Route("/servers/{server_id}/stop", admin, methods=["POST"]),
     ]
+    if telemetry is not None:
+        telemetry.attach(gateway)
+        routes.append(Route("/metrics", telemetry.metrics))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HttpError: on_http_error})
     app.state.gateway = gateway
-    return app
+    return telemetry.instrument_http(app) if telemetry is not None else app
 
 
 def describe_endpoints(config: Config, base: str) -> dict[str, Any]:

@@ -7,13 +7,19 @@ started over stdio like any other server, so one command shows a working gateway
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import math
 import signal
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from gateway.config import Config, ConfigError, load_config, parse_config
 
@@ -45,9 +51,11 @@ class _Server(uvicorn.Server):
 
 def serve(config: Config, log_level: str) -> int:
     from gateway.app import Gateway, create_app
+    from gateway.observability import Telemetry
 
-    gateway = Gateway(config)
-    app = create_app(gateway)
+    telemetry = Telemetry(config) if config.telemetry.enabled else None
+    gateway = Gateway(config, telemetry.recorder if telemetry is not None else None)
+    app = create_app(gateway, telemetry)
     settings = config.gateway
     uv_config = uvicorn.Config(
         app,
@@ -58,13 +66,67 @@ def serve(config: Config, log_level: str) -> int:
         # Whole seconds, rounded up; 0 is no grace at all (None would be uvicorn's "wait forever").
         timeout_graceful_shutdown=math.ceil(settings.limits.drain_timeout),
         server_header=False,
+        # The stdlib loop, not uvloop: uvloop leaves copies of a child's stdio sockets open in the
+        # child, so a server that closes stdout never looks closed. It costs ~10% more CPU per call.
+        loop="asyncio",
     )
-    server = _Server(uv_config, gateway.begin_drain)
+    servers: list[uvicorn.Server] = []
+    metrics_port = config.telemetry.metrics_port
+    if telemetry is not None and metrics_port is not None:
+        metrics_app = Starlette(routes=[Route("/metrics", telemetry.metrics)])
+        metrics_config = uvicorn.Config(
+            metrics_app,
+            host=settings.host,
+            port=metrics_port,
+            log_level=log_level.lower(),
+            access_log=False,
+            lifespan="off",
+            loop="asyncio",
+        )
+        servers.append(_QuietServer(metrics_config))
+
+    def on_exit() -> None:
+        gateway.begin_drain()
+        for extra in servers:
+            extra.should_exit = True
+
+    server = _Server(uv_config, on_exit)
     base = f"http://{settings.host}:{settings.port}"
     log.info("gateway %r listening: MCP %s/mcp, servers %s/servers", settings.id, base, base)
     for server_id in config.servers:
         log.info("  %s: %s/servers/%s/mcp", server_id, base, server_id)
-    server.run()
+    if telemetry is not None:
+        where = f"http://{settings.host}:{metrics_port}" if metrics_port is not None else base
+        log.info("metrics: %s/metrics", where)
+
+    async def run_all() -> None:
+        await asyncio.gather(server.serve(), *(extra.serve() for extra in servers))
+
+    asyncio.run(run_all())
+    return 0
+
+
+class _QuietServer(uvicorn.Server):
+    """A second listener (the metrics port) that leaves signal handling to the main server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def metrics_doc(path: str, check: bool) -> int:
+    from telemetry.docs import generate
+
+    text = generate()
+    target = Path(path)
+    if check:
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            print(f"{path} is out of date: run `mcp-gateway metrics-doc`", file=sys.stderr)
+            return 1
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
     return 0
 
 
@@ -78,12 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
+    doc = commands.add_parser("metrics-doc", help="write the metric reference generated from the catalog")
+    doc.add_argument("--output", default="docs/metrics.md")
+    doc.add_argument("--check", action="store_true", help="exit non-zero if the file is out of date")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
         level=getattr(args, "log_level", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "metrics-doc":
+        return metrics_doc(args.output, args.check)
     try:
         if args.command == "check-config":
             config = load_config(args.file)

@@ -131,8 +131,30 @@ class GatewaySettings(_Model):
         return None
 
 
+class OtlpConfig(_Model):
+    """OTLP push; unset fields fall back to the standard OTEL_EXPORTER_OTLP_* variables."""
+
+    enabled: bool | None = Field(None, description="None: on when OTEL_METRICS_EXPORTER or an endpoint asks")
+    protocol: Literal["http/protobuf", "grpc"] | None = None
+    endpoint: str | None = None
+    headers: dict[str, str] = {}
+    interval: float | None = Field(None, gt=0, description="seconds between pushes (default 60)")
+    temporality: Literal["cumulative", "delta", "lowmemory"] | None = None
+
+
+class TelemetryConfig(_Model):
+    enabled: bool = True
+    semconv: bool = Field(True, description="the OpenTelemetry MCP semantic-convention histograms")
+    scope_labels: bool = Field(False, description="otel_scope_* labels on every Prometheus series")
+    cardinality_limit: int = Field(2000, gt=0, description="label sets per instrument before folding into other")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="also serve /metrics on this port")
+    http_metrics: bool = Field(True, description="HTTP server metrics from opentelemetry-instrumentation-asgi")
+    otlp: OtlpConfig = OtlpConfig()
+
+
 class Config(_Model):
     gateway: GatewaySettings = GatewaySettings()
+    telemetry: TelemetryConfig = TelemetryConfig()
     servers: dict[str, ServerConfig] = {}
 
     @field_validator("servers")

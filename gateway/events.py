@@ -1,16 +1,17 @@
 """The gateway's observation points: every event metrics need passes through an `Observer`.
 
-The gateway calls these at a few named places (a request ends, a server starts or stops, the pool
-hands out or drops a session). `telemetry` implements them; `NullObserver` records nothing. An
-observer must never raise into the gateway: failures are the observer's to log and swallow.
+The gateway calls these at a few named places: a request ends (`forward`, or the aggregate when it
+answers itself), a server lists its tools, starts or stops (`lifecycle`), the pool hands out or
+drops a session (`pool`), a session ends. `telemetry.recorder.Recorder` implements them;
+`NullObserver` records nothing. An observer must never raise into the gateway.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
-
-from gateway.errors import ErrorType
 
 
 class StopReason(StrEnum):
@@ -28,32 +29,54 @@ class PoolEvent(StrEnum):
     HIT = "hit"
     MISS = "miss"
     EVICTED = "evicted"
+    HEALTH_CHECK_FAILED = "health_check_failed"
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One finished client request."""
+
+    server_id: str  # "" when the gateway answered without an upstream
+    method: str
+    target: str | None  # the tool (tools/call) or prompt (prompts/get) name
+    duration: float  # seconds, arrival to answer
+    error_type: str | None  # an `ErrorType` value, None on success
+    upstream_duration: float | None  # seconds waiting on the upstream, None if it was not asked
+    protocol_version: str  # what the client negotiated
+    upstream_transport: str | None  # "stdio" or "streamable-http"
 
 
 class Observer(Protocol):
-    def request_finished(
-        self, server_id: str, method: str, tool: str | None, duration: float, error_type: ErrorType | None
-    ) -> None:
-        """One downstream request ended; `error_type` is None on success."""
+    def request_finished(self, record: RequestRecord) -> None: ...
+
+    def tools_listed(self, server_id: str, names: Sequence[str], first_page: bool) -> None:
+        """A server advertised these tools: the only tool names metrics will carry."""
 
     def server_started(self, server_id: str, start_seconds: float) -> None: ...
 
-    def server_stopped(self, server_id: str, reason: StopReason) -> None: ...
+    def server_stopped(self, server_id: str, reason: str) -> None: ...
 
-    def pool_event(self, server_id: str, event: PoolEvent, reason: str | None = None) -> None: ...
+    def pool_event(self, server_id: str, event: str, reason: str | None = None) -> None: ...
+
+    def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:
+        """A client's session with the gateway (side "server") or an upstream session ("client") ended."""
 
 
 class NullObserver:
-    def request_finished(
-        self, server_id: str, method: str, tool: str | None, duration: float, error_type: ErrorType | None
-    ) -> None:
+    def request_finished(self, record: RequestRecord) -> None:
+        pass
+
+    def tools_listed(self, server_id: str, names: Sequence[str], first_page: bool) -> None:
         pass
 
     def server_started(self, server_id: str, start_seconds: float) -> None:
         pass
 
-    def server_stopped(self, server_id: str, reason: StopReason) -> None:
+    def server_stopped(self, server_id: str, reason: str) -> None:
         pass
 
-    def pool_event(self, server_id: str, event: PoolEvent, reason: str | None = None) -> None:
+    def pool_event(self, server_id: str, event: str, reason: str | None = None) -> None:
+        pass
+
+    def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:
         pass

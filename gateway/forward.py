@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ErrorType, GatewayError
+from gateway.events import RequestRecord
 from gateway.lifecycle import ServerRuntime
 from gateway.protocol import Message, error_response
 from gateway.sessions import ClientSession
@@ -26,31 +27,66 @@ async def forward(
     session: ClientSession,
     message: Message,
     channel: Downstream | None,
-    tool: str | None = None,
+    target: str | None = None,
 ) -> Message:
-    """Send `message` to `runtime`'s server for `session`; always returns a response, never raises."""
+    """Send `message` to `runtime`'s server for `session`; always returns a response, never raises.
+
+    `target` is the tool or prompt the request names, as the upstream knows it.
+    """
     started = time.perf_counter()
     request_id = message["id"]
     method = message["method"]
     error_type: ErrorType | None = None
+    upstream_seconds: float | None = None
     try:
         upstream = await gateway.pool.acquire(runtime, session.identity)
+        upstream_started = time.perf_counter()
         try:
             response = await upstream.request(
                 message, timeout=runtime.config.request_timeout, downstream=channel, owner=session
             )
         finally:
+            upstream_seconds = time.perf_counter() - upstream_started
             gateway.pool.release(runtime, upstream)
         if "error" in response:
             error_type = ErrorType.UPSTREAM_ERROR
-        elif tool is not None and (response.get("result") or {}).get("isError") is True:
+        elif method == "tools/call" and (response.get("result") or {}).get("isError") is True:
             error_type = ErrorType.TOOL_ERROR
+        elif method == "tools/list":
+            _report_tools(gateway, runtime, message, response)
         return response
     except GatewayError as exc:
         error_type = exc.error_type
         return error_response(request_id, exc.to_error())
     finally:
-        gateway.observer.request_finished(runtime.id, method, tool, time.perf_counter() - started, error_type)
+        gateway.observer.request_finished(
+            RequestRecord(
+                runtime.id,
+                method,
+                target,
+                time.perf_counter() - started,
+                error_type,
+                upstream_seconds,
+                session.protocol_version,
+                runtime.transport,
+            )
+        )
+
+
+def _report_tools(gateway: Gateway, runtime: ServerRuntime, request: Message, response: Message) -> None:
+    tools = (response.get("result") or {}).get("tools")
+    if isinstance(tools, list):
+        names = [tool["name"] for tool in tools if isinstance(tool, dict) and isinstance(tool.get("name"), str)]
+        first_page = not (request.get("params") or {}).get("cursor")
+        gateway.observer.tools_listed(runtime.id, names, first_page)
+
+
+def named_target(message: Message) -> str | None:
+    """The tool or prompt a request names, if any."""
+    if message["method"] in ("tools/call", "prompts/get"):
+        name = (message.get("params") or {}).get("name")
+        return name if isinstance(name, str) else None
+    return None
 
 
 async def forward_notification(
@@ -90,11 +126,7 @@ class ServerProxy:
         return dict(upstream.initialize_result)
 
     async def request(self, session: ClientSession, message: Message, channel: Downstream) -> Message:
-        tool = None
-        if message["method"] == "tools/call":
-            name = (message.get("params") or {}).get("name")
-            tool = name if isinstance(name, str) else None
-        return await forward(self.gateway, self.runtime, session, message, channel, tool)
+        return await forward(self.gateway, self.runtime, session, message, channel, named_target(message))
 
     async def notification(self, session: ClientSession, message: Message) -> None:
         await forward_notification(self.gateway, self.runtime, session, message)

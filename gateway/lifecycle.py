@@ -91,6 +91,9 @@ class ServerRuntime:
         self._on_notification(self.id, session.identity, message)
 
     def on_closed(self, session: UpstreamSession, reason: str, detail: str) -> None:
+        if session.initialize_result:  # it was a session: it lived from initialize until now
+            age = time.monotonic() - session.created
+            self.observer.session_closed("client", age, session.protocol_version, self.transport)
         if session is not self._process or self.state is ServerState.STARTING:
             return  # a stop the gateway asked for (it detaches the process first), or a failed start
         # The process went away on its own.

@@ -90,6 +90,18 @@ class SessionPool:
             with contextlib.suppress(Exception):
                 await self.evict_server(server_id, "shutdown")
 
+    def occupancy(self) -> list[tuple[str, int, int]]:
+        """(server id, sessions in use now, sessions pooled now) for every server with sessions."""
+        counts: dict[str, list[int]] = {}
+        for (server_id, _), session in list(self._sessions.items()):
+            entry = counts.setdefault(server_id, [0, 0])
+            entry[0] += 1 if session.in_flight else 0
+            entry[1] += 1
+        return [(server_id, active, size) for server_id, (active, size) in counts.items()]
+
+    def all_sessions(self) -> list[UpstreamSession]:
+        return list(self._sessions.values())
+
     def live_sessions(self, server_id: str, identity: str) -> list[UpstreamSession]:
         """Open sessions this caller may be using with one server (no hit or miss is counted)."""
         return [

@@ -32,7 +32,7 @@ class ClientSession:
         self.identity = identity
         self.protocol_version = protocol_version
         self.capabilities: dict[str, Any] = {}
-        self.last_used = time.monotonic()
+        self.created = self.last_used = time.monotonic()
         self.stream: asyncio.Queue[Any] | None = None  # the GET stream, while one is open
         self.closed = False
         self._relayed: dict[str, asyncio.Future[Message]] = {}
@@ -91,9 +91,12 @@ def is_end_of_stream(item: Any) -> bool:
 
 
 class SessionStore:
-    def __init__(self, max_sessions: int, idle_timeout: float) -> None:
+    def __init__(
+        self, max_sessions: int, idle_timeout: float, on_end: Callable[[ClientSession], None] | None = None
+    ) -> None:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
+        self._on_end = on_end
         self._sessions: dict[str, ClientSession] = {}
 
     def __len__(self) -> int:
@@ -115,7 +118,8 @@ class SessionStore:
         return self._sessions.get(session_id)
 
     def end(self, session: ClientSession) -> None:
-        self._sessions.pop(session.id, None)
+        if self._sessions.pop(session.id, None) is not None and self._on_end is not None:
+            self._on_end(session)
         session.close()
 
     def expire(self) -> int:

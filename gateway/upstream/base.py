@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -70,6 +71,7 @@ class UpstreamSession(ABC):
         self.protocol_version = LATEST_VERSION
         self.closed = False
         self.close_reason = ""
+        self.created = time.monotonic()
         self._ids = itertools.count(1)
         self._pending: dict[int, Pending] = {}
         self._progress: dict[str, Pending] = {}
@@ -249,6 +251,15 @@ class UpstreamSession(ABC):
         except GatewayError as exc:
             response = error_response(upstream_id, exc.to_error())
         await self.notify(response)
+
+    def fail_pending(self, error: GatewayError) -> int:
+        """Answer every in-flight request with `error` now (the gateway's drain deadline)."""
+        failed = 0
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+                failed += 1
+        return failed
 
     def _mark_closed(self, reason: str, detail: str) -> None:
         """Fail every in-flight request at once: no client waits on a dead upstream."""

@@ -29,6 +29,7 @@ stderr_log = logging.getLogger("gateway.upstream.stderr")
 
 MAX_LINE = 64 * 1024 * 1024  # one JSON-RPC message; larger is a protocol failure
 _HIGH_WATER = 256 * 1024
+_EXIT_GRACE = 2.0  # seconds a process gets to exit after closing its stdout
 _PR_SET_PDEATHSIG = 1
 
 
@@ -92,7 +93,7 @@ class StdioSession(UpstreamSession):
             proc.stdin.write(dumps(message) + b"\n")
             if proc.stdin.transport.get_write_buffer_size() > _HIGH_WATER:
                 await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError) as exc:
+        except (BrokenPipeError, ConnectionResetError, RuntimeError) as exc:  # RuntimeError: transport closed
             self._mark_closed("crash", f"broken pipe: {exc}")
             raise UpstreamClosed(
                 f"server {self.server_id!r} closed its stdin", data={"server": self.server_id, "reason": "crash"}
@@ -125,7 +126,15 @@ class StdioSession(UpstreamSession):
                     self._dispatch(item)
             else:
                 self._dispatch(message)
-        code = await self._proc.wait()
+        if self.closed:
+            code = await self._proc.wait()  # the gateway is stopping it, with its own grace period
+        else:
+            try:  # EOF on stdout: the process is exiting, or it closed stdout and can never answer again
+                code = await asyncio.wait_for(asyncio.shield(self._proc.wait()), _EXIT_GRACE)
+            except TimeoutError:
+                detail = "closed its stdout but kept running; killed"
+                self._kill()
+                code = await self._proc.wait()
         self.exit_code = code
         self._kill_group()  # what the server started goes with it, whether it was asked to stop or not
         if not self.closed:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 SERVER_INFO = {"name": "stdio-misbehaving", "version": "1.0.0"}
@@ -45,6 +46,11 @@ TOOLS: list[dict[str, Any]] = [
         "inputSchema": _NO_ARGS_SCHEMA,
     },
     {"name": "hang", "description": "Never answer this request.", "inputSchema": _NO_ARGS_SCHEMA},
+    {
+        "name": "mute",
+        "description": "Close stdout and keep running without ever answering again.",
+        "inputSchema": _NO_ARGS_SCHEMA,
+    },
     {"name": "env", "description": "The process environment as JSON text.", "inputSchema": _NO_ARGS_SCHEMA},
     {
         "name": "cancelled",
@@ -91,6 +97,10 @@ def _call_tool(request_id: Any, params: dict[str, Any]) -> None:
         os._exit(CRASH_EXIT_CODE)
     elif name == "hang":
         HUNG.append(request_id)
+    elif name == "mute":
+        sys.stdout.flush()
+        os.close(sys.stdout.fileno())
+        time.sleep(600)
     elif name == "env":
         _result(request_id, _text_result(json.dumps(dict(os.environ), sort_keys=True)))
     elif name == "cancelled":

@@ -1,0 +1,357 @@
+"""Every instrument the gateway records, declared once.
+
+Each entry names the Prometheus family exactly as `/metrics` shows it, the OpenTelemetry instrument
+behind it (name, kind, unit), its labels and the closed value set of every enum-like label. The
+recorder creates instruments from here, `docs/metrics.md` is generated from here, and tests fail
+when `/metrics` shows a family this module does not declare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+
+class Kind(StrEnum):
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+    GAUGE = "gauge"  # observed at collection time
+
+
+# -- closed label value sets --------------------------------------------------------------------
+
+MCP_METHODS: Final = (
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/message",
+    "notifications/roots/list_changed",
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/resources/list_changed",
+    "notifications/resources/updated",
+    "notifications/elicitation/complete",
+    "notifications/tasks/status",
+    "other",
+)
+ERROR_TYPES: Final = (
+    "timeout",
+    "upstream_error",
+    "tool_error",
+    "transport",
+    "protocol",
+    "rejected",
+    "unavailable",
+    "not_found",
+    "internal",
+)
+STOP_REASONS: Final = ("idle", "crash", "shutdown", "manual", "health_check", "start_failed")
+EVICTION_REASONS: Final = (
+    "ttl_expired",
+    "idle",
+    "health_check",
+    "circuit_breaker",
+    "capacity",
+    "upstream_closed",
+    "manual",
+    "shutdown",
+)
+TRANSPORTS: Final = ("stdio", "streamable-http")
+UNKNOWN_TOOL: Final = "unknown"
+OTHER: Final = "other"
+GATEWAY_SERVER: Final = "_gateway"  # server_id of requests the gateway answered without an upstream
+
+# MCP calls take milliseconds to minutes.
+REQUEST_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# The semantic conventions' advice for MCP operation and session durations.
+SEMCONV_BUCKETS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+START_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # the Prometheus family, exactly as exposed
+    instrument: str  # the OpenTelemetry instrument name (what OTLP carries)
+    kind: Kind
+    unit: str
+    description: str
+    labels: tuple[str, ...] = ()
+    values: dict[str, tuple[str, ...]] = field(default_factory=dict)  # closed sets of enum-like labels
+    buckets: tuple[float, ...] = ()
+    semconv: bool = False  # an OpenTelemetry semantic-convention instrument (switchable off)
+    questions: tuple[tuple[str, str], ...] = ()  # (question an operator asks, PromQL that answers it)
+
+
+SEMCONV_ATTRIBUTES: Final = (
+    "mcp.method.name",
+    "gen_ai.tool.name",
+    "gen_ai.prompt.name",
+    "error.type",
+    "mcp.protocol.version",
+    "network.transport",
+)
+_SESSION_ATTRIBUTES: Final = ("mcp.protocol.version", "network.transport", "error.type")
+
+POOL_LABELS: Final = ("gateway_id", "server_id")
+
+
+def _prom(attribute: str) -> str:
+    return attribute.replace(".", "_")
+
+
+METRICS: Final[tuple[Metric, ...]] = (
+    # -- from the gateway feature request ------------------------------------------------------
+    Metric(
+        "mcp_gateway_requests_total",
+        "mcp_gateway_requests",
+        Kind.COUNTER,
+        "",
+        "MCP requests handled, by upstream server and method.",
+        ("server_id", "method"),
+        {"method": MCP_METHODS},
+        questions=(
+            ("Request rate per server", "sum by (server_id) (rate(mcp_gateway_requests_total[5m]))"),
+            (
+                "Error ratio per server",
+                "sum by (server_id) (rate(mcp_gateway_errors_total[5m]))"
+                " / sum by (server_id) (rate(mcp_gateway_requests_total[5m]))",
+            ),
+        ),
+    ),
+    Metric(
+        "mcp_gateway_request_duration_seconds",
+        "mcp_gateway_request_duration",
+        Kind.HISTOGRAM,
+        "s",
+        "Time from a request's arrival to its answer, by upstream server and method.",
+        ("server_id", "method"),
+        {"method": MCP_METHODS},
+        buckets=REQUEST_BUCKETS,
+        questions=(
+            (
+                "p95 latency per server",
+                "histogram_quantile(0.95, sum by (server_id, le)"
+                " (rate(mcp_gateway_request_duration_seconds_bucket[5m])))",
+            ),
+        ),
+    ),
+    Metric(
+        "mcp_gateway_active_servers",
+        "mcp_gateway_active_servers",
+        Kind.GAUGE,
+        "",
+        "Upstream servers running now (stdio processes up, remote servers connected).",
+        questions=(("Servers running", "mcp_gateway_active_servers"),),
+    ),
+    Metric(
+        "mcp_gateway_server_starts_total",
+        "mcp_gateway_server_starts",
+        Kind.COUNTER,
+        "",
+        "Upstream server starts (a stdio process answered initialize; a remote server connected).",
+        ("server_id",),
+        questions=(
+            ("Crash-looping servers", "sum by (server_id) (increase(mcp_gateway_server_starts_total[15m])) > 3"),
+        ),
+    ),
+    Metric(
+        "mcp_gateway_server_stops_total",
+        "mcp_gateway_server_stops",
+        Kind.COUNTER,
+        "",
+        "Upstream server stops, by reason.",
+        ("server_id", "reason"),
+        {"reason": STOP_REASONS},
+        questions=(
+            ("Crashes per server", 'sum by (server_id) (increase(mcp_gateway_server_stops_total{reason="crash"}[1h]))'),
+        ),
+    ),
+    Metric(
+        "mcp_gateway_errors_total",
+        "mcp_gateway_errors",
+        Kind.COUNTER,
+        "",
+        "Requests that ended in an error, by upstream server and error type.",
+        ("server_id", "error_type"),
+        {"error_type": ERROR_TYPES},
+        questions=(("Errors by type", "sum by (error_type) (rate(mcp_gateway_errors_total[5m]))"),),
+    ),
+    Metric(
+        "mcp_server_tools_called_total",
+        "mcp_server_tools_called",
+        Kind.COUNTER,
+        "",
+        f"tools/call requests by server and tool; tools the server never advertised count as {UNKNOWN_TOOL!r}.",
+        ("server_id", "tool_name"),
+        questions=(
+            ("Top 10 tools", "topk(10, sum by (server_id, tool_name) (rate(mcp_server_tools_called_total[1h])))"),
+        ),
+    ),
+    Metric(
+        "mcp_server_uptime_seconds",
+        "mcp_server_uptime",
+        Kind.GAUGE,
+        "s",
+        "Seconds since the server last started; absent while it is not running.",
+        ("server_id",),
+        questions=(("Servers restarted in the last 10 minutes", "mcp_server_uptime_seconds < 600"),),
+    ),
+    Metric(
+        "mcp_server_memory_bytes",
+        "mcp_server_memory",
+        Kind.GAUGE,
+        "By",
+        "Resident memory of a stdio server's process and its children (e.g. npx and the node it runs).",
+        ("server_id",),
+        questions=(("Memory per server", "max by (server_id) (mcp_server_memory_bytes)"),),
+    ),
+    Metric(
+        "mcp_gateway_server_start_duration_seconds",
+        "mcp_gateway_server_start_duration",
+        Kind.HISTOGRAM,
+        "s",
+        "Cold-start time: from spawning (or connecting) until the server answered initialize.",
+        ("server_id",),
+        buckets=START_BUCKETS,
+    ),
+    Metric(
+        "mcp_gateway_inflight_requests",
+        "mcp_gateway_inflight_requests",
+        Kind.GAUGE,
+        "",
+        "Requests being forwarded to each server now.",
+        ("server_id",),
+    ),
+    # -- from the session-pool feature request ---------------------------------------------------
+    Metric(
+        "mcp_session_pool_hits_total",
+        "mcp_session_pool_hits",
+        Kind.COUNTER,
+        "",
+        "Requests served by an already initialized upstream session.",
+        POOL_LABELS,
+        questions=(
+            (
+                "Session pool hit rate",
+                "sum(rate(mcp_session_pool_hits_total[5m])) / (sum(rate(mcp_session_pool_hits_total[5m]))"
+                " + sum(rate(mcp_session_pool_misses_total[5m])))",
+            ),
+        ),
+    ),
+    Metric(
+        "mcp_session_pool_misses_total",
+        "mcp_session_pool_misses",
+        Kind.COUNTER,
+        "",
+        "Requests that had to create (initialize) a new upstream session.",
+        POOL_LABELS,
+    ),
+    Metric(
+        "mcp_session_pool_evictions_total",
+        "mcp_session_pool_evictions",
+        Kind.COUNTER,
+        "",
+        "Upstream sessions dropped from the pool, by reason.",
+        (*POOL_LABELS, "reason"),
+        {"reason": EVICTION_REASONS},
+    ),
+    Metric(
+        "mcp_session_pool_health_check_failures_total",
+        "mcp_session_pool_health_check_failures",
+        Kind.COUNTER,
+        "",
+        "Pooled sessions that failed their health check (ping).",
+        POOL_LABELS,
+        questions=(
+            (
+                "Health-check failure rate per gateway",
+                "sum(rate(mcp_session_pool_health_check_failures_total[5m])) by (gateway_id)",
+            ),
+        ),
+    ),
+    Metric(
+        "mcp_session_pool_active_sessions",
+        "mcp_session_pool_active_sessions",
+        Kind.GAUGE,
+        "",
+        "Pooled upstream sessions in use by a request now.",
+        POOL_LABELS,
+        questions=(("Active sessions by gateway", "mcp_session_pool_active_sessions"),),
+    ),
+    Metric(
+        "mcp_session_pool_size",
+        "mcp_session_pool_size",
+        Kind.GAUGE,
+        "",
+        "Pooled upstream sessions now, idle and in use.",
+        POOL_LABELS,
+    ),
+    # -- OpenTelemetry semantic conventions for MCP -------------------------------------------------
+    Metric(
+        "mcp_server_operation_duration_seconds",
+        "mcp.server.operation.duration",
+        Kind.HISTOGRAM,
+        "s",
+        "MCP operations the gateway served to its clients (the gateway as MCP server).",
+        tuple(_prom(a) for a in SEMCONV_ATTRIBUTES),
+        {"mcp_method_name": MCP_METHODS, "error_type": ERROR_TYPES, "network_transport": ("tcp",)},
+        buckets=SEMCONV_BUCKETS,
+        semconv=True,
+    ),
+    Metric(
+        "mcp_client_operation_duration_seconds",
+        "mcp.client.operation.duration",
+        Kind.HISTOGRAM,
+        "s",
+        "MCP operations the gateway sent to upstream servers (the gateway as MCP client).",
+        tuple(_prom(a) for a in SEMCONV_ATTRIBUTES),
+        {"mcp_method_name": MCP_METHODS, "error_type": ERROR_TYPES, "network_transport": ("pipe", "tcp")},
+        buckets=SEMCONV_BUCKETS,
+        semconv=True,
+    ),
+    Metric(
+        "mcp_server_session_duration_seconds",
+        "mcp.server.session.duration",
+        Kind.HISTOGRAM,
+        "s",
+        "Lifetime of client sessions with the gateway.",
+        tuple(_prom(a) for a in _SESSION_ATTRIBUTES),
+        {"network_transport": ("tcp",), "error_type": ERROR_TYPES},
+        buckets=SEMCONV_BUCKETS,
+        semconv=True,
+    ),
+    Metric(
+        "mcp_client_session_duration_seconds",
+        "mcp.client.session.duration",
+        Kind.HISTOGRAM,
+        "s",
+        "Lifetime of the gateway's sessions with upstream servers.",
+        tuple(_prom(a) for a in _SESSION_ATTRIBUTES),
+        {"network_transport": ("pipe", "tcp"), "error_type": ERROR_TYPES},
+        buckets=SEMCONV_BUCKETS,
+        semconv=True,
+    ),
+)
+
+BY_NAME: Final = {metric.name: metric for metric in METRICS}

@@ -1,0 +1,123 @@
+"""One MeterProvider per process, with its readers: Prometheus always, OTLP when asked.
+
+The Prometheus reader (`exposition.PrometheusReader`) renders `/metrics` from this provider alone,
+so nothing else in the process leaks into the page. The OTLP reader pushes the same instruments
+periodically. On shutdown only the OTLP reader is flushed, never the provider: with the stock
+Prometheus exporter (0.66b2) a provider-wide `force_flush` made the next scrape repeat whole
+families, and flushing a pull reader has no use anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from telemetry.exposition import PrometheusReader
+from telemetry.settings import OtlpSettings, TelemetrySettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "mcp-gateway"
+
+
+@dataclass
+class Pipeline:
+    provider: MeterProvider
+    prometheus: PrometheusReader
+    otlp: PeriodicExportingMetricReader | None
+    resource: Resource
+
+    def shutdown(self) -> None:
+        """Flush what OTLP has not sent yet, then stop; never raises."""
+        try:
+            if self.otlp is not None:
+                self.otlp.force_flush(timeout_millis=5000)
+            self.provider.shutdown(timeout_millis=5000)
+        except Exception:  # telemetry must not break shutdown
+            log.exception("telemetry shutdown failed")
+
+
+def build_resource(settings: TelemetrySettings) -> Resource:
+    attributes: dict[str, str] = {
+        "service.version": settings.service_version,
+        "service.instance.id": str(uuid.uuid4()),
+        "mcp_gateway.id": settings.gateway_id,
+    }
+    # OTEL_SERVICE_NAME (or service.name in OTEL_RESOURCE_ATTRIBUTES) wins over our default.
+    if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    ):
+        attributes["service.name"] = SERVICE_NAME
+    return Resource.create(attributes)
+
+
+def _temporality(setting: str) -> dict[type, AggregationTemporality]:
+    delta, cumulative = AggregationTemporality.DELTA, AggregationTemporality.CUMULATIVE
+    if setting == "delta":
+        return {
+            Counter: delta,
+            UpDownCounter: cumulative,
+            Histogram: delta,
+            ObservableCounter: delta,
+            ObservableUpDownCounter: cumulative,
+            ObservableGauge: cumulative,
+        }
+    if setting == "lowmemory":
+        return {
+            Counter: delta,
+            UpDownCounter: cumulative,
+            Histogram: delta,
+            ObservableCounter: cumulative,
+            ObservableUpDownCounter: cumulative,
+            ObservableGauge: cumulative,
+        }
+    return {
+        kind: cumulative
+        for kind in (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)
+    }
+
+
+def otlp_exporter(otlp: OtlpSettings) -> MetricExporter:
+    """The OTLP metric exporter for the protocol; unset fields fall back to the OTEL_* variables."""
+    temporality = _temporality(otlp.temporality)
+    headers = otlp.headers or None
+    if otlp.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
+
+        endpoint = otlp.endpoint
+        insecure = endpoint.startswith("http://") if endpoint else None
+        return GrpcExporter(endpoint=endpoint, headers=headers, insecure=insecure, preferred_temporality=temporality)
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
+
+    endpoint = otlp.endpoint
+    if endpoint and not endpoint.rstrip("/").endswith("/v1/metrics"):
+        endpoint = endpoint.rstrip("/") + "/v1/metrics"
+    return HttpExporter(endpoint=endpoint, headers=headers, preferred_temporality=temporality)
+
+
+def build_pipeline(settings: TelemetrySettings) -> Pipeline:
+    prometheus = PrometheusReader(scope_labels=settings.scope_labels)
+    readers: list[PrometheusReader | PeriodicExportingMetricReader] = [prometheus]
+    otlp_reader = None
+    if settings.otlp is not None:
+        otlp_reader = PeriodicExportingMetricReader(
+            otlp_exporter(settings.otlp), export_interval_millis=settings.otlp.interval_seconds * 1000
+        )
+        readers.append(otlp_reader)
+    resource = build_resource(settings)
+    provider = MeterProvider(metric_readers=readers, resource=resource)
+    return Pipeline(provider, prometheus, otlp_reader, resource)
