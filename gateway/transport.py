@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.errors import INVALID_REQUEST, GatewayError, InvalidRequest, ShuttingDown
+from gateway.events import RequestRecord
 from gateway.protocol import (
     HEADER_REQUIRED_SINCE,
     SUPPORTED_VERSIONS,
@@ -305,13 +306,33 @@ class McpEndpoint:
     ) -> None:
         params = message.get("params") or {}
         version = negotiate(params.get("protocolVersion"))
+        started = time.perf_counter()
         session = self.gateway.sessions.create(server_id, identity, version)
         session.capabilities = params.get("capabilities") or {}
+        error: GatewayError | None = None
         try:
             result = await handler.initialize(session, message)
+        except GatewayError as exc:
+            error = exc
+            self.gateway.sessions.end(session)
+            raise
         except BaseException:
             self.gateway.sessions.end(session)
             raise
+        finally:
+            transport = self.gateway.lifecycle.servers[server_id].transport if server_id else None
+            self.gateway.observer.request_finished(
+                RequestRecord(
+                    server_id or "",
+                    "initialize",
+                    None,
+                    time.perf_counter() - started,
+                    error.error_type if error is not None else None,
+                    None,
+                    version,
+                    transport,
+                )
+            )
         result["protocolVersion"] = version
         headers = [*_JSON, (b"mcp-session-id", session.id.encode())]
         await send_body(send, 200, dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}), headers)

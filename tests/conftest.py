@@ -98,7 +98,8 @@ class Gateway:
         return f"{self.base}/mcp" if server is None else f"{self.base}/servers/{server}/mcp"
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(self.base + path, headers=self.headers, timeout=10, **kwargs)
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return httpx.get(self.base + path, headers=headers, timeout=30, **kwargs)
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         headers = {**self.headers, **kwargs.pop("headers", {})}
@@ -273,3 +274,44 @@ def raw_initialize(gw: Gateway, path: str, version: str = "2025-11-25") -> str:
     initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
     rpc(gw, path, initialized, session_id, **{"MCP-Protocol-Version": version})
     return session_id
+
+
+@dataclass
+class Metrics:
+    """One `/metrics` page, parsed by prometheus_client's own parser."""
+
+    text: str
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
+    families: dict[str, str]  # family name -> type
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The sample with exactly these labels, or None."""
+        return self.samples.get((name, frozenset(labels.items())))
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of every sample of `name` whose labels include these."""
+        wanted = set(labels.items())
+        return sum(value for (sample, found), value in self.samples.items() if sample == name and wanted <= found)
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        return {dict(found)[label] for (sample, found) in self.samples if sample == name and label in dict(found)}
+
+
+def parse_metrics(text: str) -> Metrics:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    families: dict[str, str] = {}
+    for family in text_string_to_metric_families(text):
+        families[family.name] = family.type
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"duplicate series on /metrics: {key}"
+            samples[key] = sample.value
+    return Metrics(text, samples, families)
+
+
+def scrape(gw: Gateway, **headers: str) -> Metrics:
+    response = gw.get("/metrics", **({"headers": headers} if headers else {}))
+    assert response.status_code == 200, response.text
+    return parse_metrics(response.text)
