@@ -132,6 +132,7 @@ class ServerRuntime:
             ) from None
         self.initialize_result = session.initialize_result
         if first:
+            await self._discover_tools(session)
             self._set_running(self.clock() - started)
         return session
 
@@ -177,10 +178,32 @@ class ServerRuntime:
                     data={"server": self.id, "reason": "start_failed", "detail": exc.message},
                 ) from None
             self.initialize_result = process.initialize_result
+            await self._discover_tools(process)
             self._set_running(self.clock() - started)
             return process
         finally:
             self._starting = None
+
+    async def _discover_tools(self, session: UpstreamSession) -> None:
+        """Learn the tools a fresh server advertises: metrics label tool names from this list only."""
+        if "tools" not in (self.initialize_result.get("capabilities") or {}):
+            return
+        cursor = None
+        try:
+            for page in range(100):
+                params: dict[str, Any] = {"cursor": cursor} if cursor else {}
+                request = {"jsonrpc": "2.0", "id": f"discover-{page}", "method": "tools/list", "params": params}
+                response = await session.request(request, timeout=self.config.start_timeout)
+                result = response.get("result") or {}
+                tools = result.get("tools")
+                listed = tools if isinstance(tools, list) else []
+                names = [t["name"] for t in listed if isinstance(t, dict) and isinstance(t.get("name"), str)]
+                self.observer.tools_listed(self.id, names, page == 0)
+                cursor = result.get("nextCursor")
+                if not cursor:
+                    return
+        except GatewayError as exc:
+            log.warning("server %s: could not list its tools at start: %s", self.id, exc.message)
 
     def _schedule_restart(self) -> None:
         policy = self.config.restart

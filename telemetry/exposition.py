@@ -133,9 +133,10 @@ class PrometheusReader(MetricReader):
             resource = resource_metrics.resource.attributes
             if resource:
                 labels = ",".join(f'{_INVALID.sub("_", k)}="{_escape(str(v))}"' for k, v in resource.items())
-                kind = "info" if openmetrics else "gauge"
+                # OpenMetrics names the info family "target"; its sample is still target_info.
+                family, kind = ("target", "info") if openmetrics else ("target_info", "gauge")
                 out.append(
-                    f"# HELP target_info Target metadata\n# TYPE target_info {kind}\ntarget_info{{{labels}}} 1\n"
+                    f"# HELP {family} Target metadata\n# TYPE {family} {kind}\ntarget_info{{{labels}}} 1\n"
                 )
             for scope_metrics in resource_metrics.scope_metrics:
                 scope = ""

@@ -175,7 +175,7 @@ class Recorder:
                 error = "internal"
             self._errors[(server, error)] += 1
         tool = None
-        if method == "tools/call":
+        if method == "tools/call" and server != GATEWAY_SERVER:  # a call the gateway refused invoked no tool
             tool = self._tool_label(server, record.target)
             self._count_bounded(self._tools, (server, tool))
         if self._semconv:
