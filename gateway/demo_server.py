@@ -7,11 +7,15 @@ tools (echo, add, sleep, fail, progress), one prompt, one static resource and on
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import Completion
 
 SERVER_NAME = "mcp-gateway-demo"
+GREETABLE = ("Ada", "Alan", "Grace", "Guido")
 MAX_SLEEP_SECONDS = 60.0
 MAX_PROGRESS_STEPS = 100
 
@@ -61,6 +65,12 @@ def create_server() -> MCPServer:
     @server.prompt(description="Greet someone by name.")
     def greet(name: str) -> str:
         return f"Please write a short, friendly greeting for {name}."
+
+    @server.completion()  # type: ignore[no-untyped-call,untyped-decorator]  # untyped in mcp 2.3
+    async def complete(ref: Any, argument: Any, context: Any) -> Completion | None:
+        if getattr(ref, "name", None) == "greet" and argument.name == "name":
+            return Completion(values=[name for name in GREETABLE if name.startswith(argument.value)])
+        return None
 
     @server.resource("demo://readme", name="readme", description="About the demo server.", mime_type="text/plain")
     def readme() -> str:

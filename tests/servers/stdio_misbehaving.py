@@ -47,6 +47,11 @@ TOOLS: list[dict[str, Any]] = [
     },
     {"name": "hang", "description": "Never answer this request.", "inputSchema": _NO_ARGS_SCHEMA},
     {
+        "name": "announce",
+        "description": "Send notifications/tools/list_changed, then answer.",
+        "inputSchema": _NO_ARGS_SCHEMA,
+    },
+    {
         "name": "mute",
         "description": "Close stdout and keep running without ever answering again.",
         "inputSchema": _NO_ARGS_SCHEMA,
@@ -59,6 +64,7 @@ TOOLS: list[dict[str, Any]] = [
     },
 ]
 
+PAGE_SIZE = 3
 HUNG: list[Any] = []  # ids of hang requests, in arrival order
 CANCELLED: list[Any] = []  # requestId of each notifications/cancelled, in arrival order
 
@@ -97,6 +103,9 @@ def _call_tool(request_id: Any, params: dict[str, Any]) -> None:
         os._exit(CRASH_EXIT_CODE)
     elif name == "hang":
         HUNG.append(request_id)
+    elif name == "announce":
+        _send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        _result(request_id, _text_result("announced"))
     elif name == "mute":
         sys.stdout.flush()
         os.close(sys.stdout.fileno())
@@ -124,14 +133,19 @@ def _handle(message: dict[str, Any]) -> None:
             request_id,
             {
                 "protocolVersion": params.get("protocolVersion", DEFAULT_PROTOCOL_VERSION),
-                "capabilities": {"tools": {"listChanged": False}},
+                "capabilities": {"tools": {"listChanged": True}},
                 "serverInfo": SERVER_INFO,
             },
         )
     elif method == "ping":
         _result(request_id, {})
     elif method == "tools/list":
-        _result(request_id, {"tools": TOOLS})
+        # Pages of PAGE_SIZE tools, so that clients (the gateway) must follow nextCursor.
+        start = int(params.get("cursor") or 0)
+        page: dict[str, Any] = {"tools": TOOLS[start : start + PAGE_SIZE]}
+        if start + PAGE_SIZE < len(TOOLS):
+            page["nextCursor"] = str(start + PAGE_SIZE)
+        _result(request_id, page)
     elif method == "tools/call":
         _call_tool(request_id, params)
     else:
