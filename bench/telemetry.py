@@ -185,24 +185,13 @@ async def per_request_cost(calls: int, rounds: int, workdir: Path) -> list[dict[
     return summary
 
 
-@dataclass
-class _Request:
-    server_id: str
-    method: str
-    target: str | None
-    duration: float
-    error_type: str | None
-    upstream_duration: float | None
-    protocol_version: str
-    upstream_transport: str | None
-
-
 def scrape_cost(servers: int, tools: int, repeats: int) -> dict[str, Any]:
     """Render time of a fully populated fleet's page: this project's reader vs. the stock exporter."""
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from gateway.events import RequestRecord
     from telemetry.exposition import render
     from telemetry.provider import build_pipeline
     from telemetry.recorder import PoolSample, Recorder, ServerSample
@@ -227,10 +216,14 @@ def scrape_cost(servers: int, tools: int, repeats: int) -> dict[str, Any]:
                 recorder.pool_event(sid, event)
             recorder.pool_event(sid, "evicted", "idle")
             for name in names:
-                recorder.request_finished(_Request(sid, "tools/call", name, 0.02, None, 0.019, "2025-11-25", "stdio"))
+                recorder.request_finished(
+                    RequestRecord(sid, "tools/call", name, 0.02, None, 0.019, "2025-11-25", "stdio")
+                )
             for method in methods:
                 target = "greet" if method == "prompts/get" else None
-                recorder.request_finished(_Request(sid, method, target, 0.01, "timeout", 0.01, "2025-11-25", "stdio"))
+                recorder.request_finished(
+                    RequestRecord(sid, method, target, 0.01, "timeout", 0.01, "2025-11-25", "stdio")
+                )
             recorder.session_closed("server", 30.0, "2025-11-25", None)
             recorder.session_closed("client", 60.0, "2025-11-25", "stdio")
 

@@ -12,48 +12,15 @@ from typing import Any, Final
 import orjson
 
 from gateway.errors import InvalidRequest, ParseError
+from telemetry.catalog import MCP_METHODS, OTHER
 
 LATEST_VERSION: Final = "2025-11-25"
 SUPPORTED_VERSIONS: Final = ("2025-11-25", "2025-06-18", "2025-03-26")
 # Revisions before this one did not send MCP-Protocol-Version on every request.
 HEADER_REQUIRED_SINCE: Final = "2025-06-18"
 
-# The closed list of MCP methods; anything else is "other" wherever it becomes a label.
-METHODS: Final = frozenset(
-    {
-        "initialize",
-        "ping",
-        "tools/list",
-        "tools/call",
-        "prompts/list",
-        "prompts/get",
-        "resources/list",
-        "resources/templates/list",
-        "resources/read",
-        "resources/subscribe",
-        "resources/unsubscribe",
-        "completion/complete",
-        "logging/setLevel",
-        "tasks/get",
-        "tasks/list",
-        "tasks/result",
-        "tasks/cancel",
-        "sampling/createMessage",
-        "elicitation/create",
-        "roots/list",
-        "notifications/initialized",
-        "notifications/cancelled",
-        "notifications/progress",
-        "notifications/message",
-        "notifications/roots/list_changed",
-        "notifications/tools/list_changed",
-        "notifications/prompts/list_changed",
-        "notifications/resources/list_changed",
-        "notifications/resources/updated",
-        "notifications/elicitation/complete",
-        "notifications/tasks/status",
-    }
-)
+# The closed list of MCP methods (declared with the metrics that label by it); anything else is "other".
+METHODS: Final = frozenset(MCP_METHODS) - {OTHER}
 
 Message = dict[str, Any]
 
@@ -114,5 +81,3 @@ def negotiate(requested: Any) -> str:
     return requested if requested in SUPPORTED_VERSIONS else LATEST_VERSION
 
 
-def method_label(method: str) -> str:
-    return method if method in METHODS else "other"

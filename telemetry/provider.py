@@ -66,29 +66,15 @@ def build_resource(settings: TelemetrySettings) -> Resource:
 
 
 def _temporality(setting: str) -> dict[type, AggregationTemporality]:
+    """The OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE table of the OpenTelemetry spec."""
     delta, cumulative = AggregationTemporality.DELTA, AggregationTemporality.CUMULATIVE
+    deltas: set[type] = {Counter, Histogram}
     if setting == "delta":
-        return {
-            Counter: delta,
-            UpDownCounter: cumulative,
-            Histogram: delta,
-            ObservableCounter: delta,
-            ObservableUpDownCounter: cumulative,
-            ObservableGauge: cumulative,
-        }
-    if setting == "lowmemory":
-        return {
-            Counter: delta,
-            UpDownCounter: cumulative,
-            Histogram: delta,
-            ObservableCounter: cumulative,
-            ObservableUpDownCounter: cumulative,
-            ObservableGauge: cumulative,
-        }
-    return {
-        kind: cumulative
-        for kind in (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)
-    }
+        deltas.add(ObservableCounter)
+    elif setting != "lowmemory":
+        deltas = set()
+    kinds = (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)
+    return {kind: delta if kind in deltas else cumulative for kind in kinds}
 
 
 def otlp_exporter(otlp: OtlpSettings) -> MetricExporter:

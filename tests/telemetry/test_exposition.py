@@ -5,8 +5,8 @@ from __future__ import annotations
 import gzip
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 
+from gateway.events import RequestRecord
 from telemetry.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, family_name, render
 from telemetry.provider import Pipeline, build_pipeline
 from telemetry.recorder import PoolSample, Recorder, ServerSample
@@ -22,16 +22,8 @@ class _Fleet:
         return [PoolSample("demo", 1, 2)]
 
 
-@dataclass
-class _Request:
-    server_id: str
-    method: str
-    target: str | None
-    duration: float
-    error_type: str | None
-    upstream_duration: float | None = 0.001
-    protocol_version: str = "2025-11-25"
-    upstream_transport: str | None = "stdio"
+def _request(server: str, method: str, target: str | None, duration: float, error: str | None) -> RequestRecord:
+    return RequestRecord(server, method, target, duration, error, 0.001, "2025-11-25", "stdio")
 
 
 def _pipeline(limit: int = 2000) -> tuple[Pipeline, Recorder]:
@@ -39,9 +31,9 @@ def _pipeline(limit: int = 2000) -> tuple[Pipeline, Recorder]:
     pipeline = build_pipeline(settings)
     recorder = Recorder(pipeline.provider.get_meter("test"), settings, _Fleet())
     recorder.tools_listed("demo", ["echo", 'we"ird\\name'], first_page=True)
-    recorder.request_finished(_Request("demo", "tools/call", "echo", 0.02, None))
-    recorder.request_finished(_Request("demo", "tools/call", 'we"ird\\name', 0.02, "tool_error"))
-    recorder.request_finished(_Request("demo", "bogus/method", None, 0.5, "upstream_error"))
+    recorder.request_finished(_request("demo", "tools/call", "echo", 0.02, None))
+    recorder.request_finished(_request("demo", "tools/call", 'we"ird\\name', 0.02, "tool_error"))
+    recorder.request_finished(_request("demo", "bogus/method", None, 0.5, "upstream_error"))
     recorder.pool_event("demo", "hit")
     recorder.server_started("demo", 0.3)
     recorder.server_stopped("demo", "crash")
@@ -118,7 +110,7 @@ def test_cardinality_limit_folds_new_tools_into_other() -> None:
     pipeline, recorder = _pipeline(limit=3)
     recorder.tools_listed("demo", [f"tool-{n}" for n in range(10)], first_page=True)
     for n in range(10):
-        recorder.request_finished(_Request("demo", "tools/call", f"tool-{n}", 0.01, None))
+        recorder.request_finished(_request("demo", "tools/call", f"tool-{n}", 0.01, None))
     metrics = parse_metrics(render(pipeline.prometheus)[0].decode())
     tools = metrics.label_values("mcp_server_tools_called_total", "tool_name")
     assert len(tools) <= 4 and "other" in tools
