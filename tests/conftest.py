@@ -133,10 +133,15 @@ class Gateway:
 
 
 def start_gateway(
-    tmp_path: Path, servers: dict[str, Any], gateway: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    tmp_path: Path,
+    servers: dict[str, Any],
+    gateway: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Gateway:
+    """A gateway process; `extra` holds further top-level config sections (e.g. `telemetry:`)."""
     port = free_port()
-    config = {"gateway": {"id": "test-gw", "port": port, **(gateway or {})}, "servers": servers}
+    config = {**(extra or {}), "gateway": {"id": "test-gw", "port": port, **(gateway or {})}, "servers": servers}
     config_path = tmp_path / f"gateway-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = tmp_path / f"gateway-{port}.log"
@@ -175,13 +180,18 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 
     yield factory
     for gw in started:
-        children = gw.children()
-        gw.stop()
-        psutil.wait_procs(children, timeout=10)
-        alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        for proc in alive:
-            proc.kill()
-        assert not alive, f"gateway left children running: {alive}"
+        stop_gateway(gw)
+
+
+def stop_gateway(gw: Gateway) -> None:
+    """Stop a gateway and fail if it left any of its children running (they are killed first)."""
+    children = gw.children()
+    gw.stop()
+    psutil.wait_procs(children, timeout=10)
+    alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for proc in alive:
+        proc.kill()
+    assert not alive, f"gateway left children running: {alive}"
 
 
 @dataclass
@@ -297,12 +307,14 @@ class Metrics:
         return {dict(found)[label] for (sample, found) in self.samples if sample == name and label in dict(found)}
 
 
-def parse_metrics(text: str) -> Metrics:
+def parse_metrics(text: str, openmetrics: bool = False) -> Metrics:
+    """Parse a page; `openmetrics` uses prometheus_client's strict OpenMetrics parser instead."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
     from prometheus_client.parser import text_string_to_metric_families
 
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     families: dict[str, str] = {}
-    for family in text_string_to_metric_families(text):
+    for family in (openmetrics_families if openmetrics else text_string_to_metric_families)(text):
         families[family.name] = family.type
         for sample in family.samples:
             key = (sample.name, frozenset(sample.labels.items()))
