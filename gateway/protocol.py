@@ -79,5 +79,3 @@ def result_response(request_id: Any, result: dict[str, Any]) -> Message:
 def negotiate(requested: Any) -> str:
     """The protocol version to answer an initialize that asked for `requested`."""
     return requested if requested in SUPPORTED_VERSIONS else LATEST_VERSION
-
-

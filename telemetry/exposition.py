@@ -135,9 +135,7 @@ class PrometheusReader(MetricReader):
                 labels = ",".join(f'{_INVALID.sub("_", k)}="{_escape(str(v))}"' for k, v in resource.items())
                 # OpenMetrics names the info family "target"; its sample is still target_info.
                 family, kind = ("target", "info") if openmetrics else ("target_info", "gauge")
-                out.append(
-                    f"# HELP {family} Target metadata\n# TYPE {family} {kind}\ntarget_info{{{labels}}} 1\n"
-                )
+                out.append(f"# HELP {family} Target metadata\n# TYPE {family} {kind}\ntarget_info{{{labels}}} 1\n")
             for scope_metrics in resource_metrics.scope_metrics:
                 scope = ""
                 if self._scope_labels:

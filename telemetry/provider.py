@@ -2,7 +2,7 @@
 
 The Prometheus reader (`exposition.PrometheusReader`) renders `/metrics` from this provider alone,
 so nothing else in the process leaks into the page. The OTLP reader pushes the same instruments
-periodically. On shutdown only the OTLP reader is flushed, never the provider: with the stock
+periodically. On shutdown the provider is shut down, never force-flushed: with the stock
 Prometheus exporter (0.66b2) a provider-wide `force_flush` made the next scrape repeat whole
 families, and flushing a pull reader has no use anyway.
 """
@@ -42,10 +42,13 @@ class Pipeline:
     resource: Resource
 
     def shutdown(self) -> None:
-        """Flush what OTLP has not sent yet, then stop; never raises."""
+        """Push what OTLP has not sent yet, then stop, within about 5 s even with the collector down; never raises.
+
+        The OTLP reader's shutdown makes one last export itself and, after the timeout, aborts its
+        retries. No `force_flush` first: the exporters ignore its timeout and retry for their own
+        (10 s by default), so with an unreachable collector it held shutdown for 20 s or more.
+        """
         try:
-            if self.otlp is not None:
-                self.otlp.force_flush(timeout_millis=5000)
             self.provider.shutdown(timeout_millis=5000)
         except Exception:  # telemetry must not break shutdown
             log.exception("telemetry shutdown failed")
