@@ -43,6 +43,7 @@ _GZIP_OVER = 1024
 _INVALID = re.compile(r"[^a-zA-Z0-9_:]")
 _UNIT_SUFFIX = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": "ratio"}
 _FAMILY = {metric.instrument: metric.name for metric in METRICS}
+_NEWLINES = ("\n",) * 64  # more than any histogram has buckets
 
 
 def _escape(value: str) -> str:
@@ -95,7 +96,7 @@ class PrometheusReader(MetricReader):
         self._data: MetricsData | None = None
         self._lock = threading.Lock()
         self._labels: dict[Any, str] = {}
-        self._le: dict[tuple[float, ...], list[str]] = {}
+        self._series: dict[Any, tuple[list[str], str, str]] = {}
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         self._data = metrics_data
@@ -111,8 +112,9 @@ class PrometheusReader(MetricReader):
                 return b"# EOF\n" if openmetrics else b""
             out: list[str] = []
             self._render(data, out, openmetrics)
-            if len(self._labels) > 200_000:  # label sets come and go; don't let the cache grow forever
+            if len(self._labels) + len(self._series) > 400_000:  # series come and go: keep the caches bounded
                 self._labels.clear()
+                self._series.clear()
             return "".join(out).encode()
 
     # -- formatting ----------------------------------------------------------------------------------
@@ -174,20 +176,23 @@ class PrometheusReader(MetricReader):
             )
 
     def _histogram(self, name: str, points: Iterable[Any], scope: str, out: list[str]) -> None:
-        bucket, count, total = f"{name}_bucket{{", f"{name}_count", f"{name}_sum"
         for point in points:
-            bounds = tuple(point.explicit_bounds)
-            les = self._le.get(bounds)
-            if les is None:
-                les = self._le[bounds] = [f'le="{_number(float(b))}"}} ' for b in bounds] + ['le="+Inf"} ']
-            labels = self._label_string(point.attributes, scope)
-            prefix = f"{bucket}{labels}," if labels else bucket
-            out.extend(
-                f"{prefix}{le}{cumulative}\n"
-                for le, cumulative in zip(les, accumulate(point.bucket_counts), strict=True)
-            )
-            suffix = f"{{{labels}}} " if labels else " "
-            out.append(f"{count}{suffix}{point.count}\n{total}{suffix}{_number(point.sum)}\n")
+            # Every line of a series but its numbers, built once per series and kept across scrapes.
+            key = (name, tuple(point.attributes.items()) if point.attributes else (), scope, point.explicit_bounds)
+            template = self._series.get(key)
+            if template is None:
+                template = self._series[key] = self._histogram_template(name, point, scope)
+            buckets, count, total = template
+            lines = zip(buckets, map(str, accumulate(point.bucket_counts)), _NEWLINES, strict=False)
+            out.append("".join(map("".join, lines)))
+            out.append(f"{count}{point.count}\n{total}{_number(point.sum)}\n")
+
+    def _histogram_template(self, name: str, point: Any, scope: str) -> tuple[list[str], str, str]:
+        labels = self._label_string(point.attributes, scope)
+        prefix = f"{name}_bucket{{{labels}," if labels else f"{name}_bucket{{"
+        bounds = [f'le="{_number(float(b))}"}} ' for b in point.explicit_bounds] + ['le="+Inf"} ']
+        suffix = f"{{{labels}}} " if labels else " "
+        return [prefix + le for le in bounds], f"{name}_count{suffix}", f"{name}_sum{suffix}"
 
 
 def render(reader: PrometheusReader, accept: str = "", accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
