@@ -86,9 +86,9 @@ class Aggregator:
         }
 
     async def _initialize_result(self, runtime: ServerRuntime, session: ClientSession) -> dict[str, Any]:
-        upstream = await self.gateway.pool.acquire(runtime, session.identity)
-        self.gateway.pool.release(runtime, upstream)
-        return upstream.initialize_result
+        lease = await self.gateway.pool.acquire(runtime, session.identity)
+        self.gateway.pool.release(runtime, lease)
+        return lease.session.initialize_result
 
     async def request(self, session: ClientSession, message: Message, channel: Downstream) -> Message:
         method = message["method"]

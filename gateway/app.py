@@ -48,6 +48,8 @@ class Gateway:
         self.observer: Observer = observer or NullObserver()
         self.lifecycle = Lifecycle(config, self.observer, self._upstream_notification)
         self.pool = SessionPool(self.observer)
+        for runtime in self.lifecycle.servers.values():
+            self.pool.add(runtime)
         self.sessions = SessionStore(
             self.settings.limits.max_sessions, self.settings.limits.session_idle_timeout, self._session_ended
         )
@@ -58,6 +60,7 @@ class Gateway:
         self.ready = False
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._pool_sweeper: asyncio.Task[None] | None = None
 
     def _session_ended(self, session: ClientSession) -> None:
         age = time.monotonic() - session.created
@@ -86,6 +89,7 @@ class Gateway:
     async def start(self) -> None:
         await self.lifecycle.startup()
         self._sweeper = asyncio.create_task(self._expire_sessions(), name="session-expiry")
+        self._pool_sweeper = asyncio.create_task(self.pool.run_sweeper(), name="pool-sweeper")
         self.ready = True
 
     async def _expire_sessions(self) -> None:
@@ -117,8 +121,9 @@ class Gateway:
 
     async def stop(self) -> None:
         self.begin_drain()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._pool_sweeper):
+            if task is not None:
+                task.cancel()
         await self.pool.close()
         await self.lifecycle.shutdown()
         self.sessions.close_all()
@@ -153,7 +158,7 @@ def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
             {
                 "gateway_id": gateway.settings.id,
                 "servers": [
-                    {**runtime.describe(), "sessions": gateway.pool.describe(runtime.id)}
+                    {**runtime.describe(), "pool": gateway.pool.describe(runtime.id)}
                     for runtime in gateway.lifecycle.servers.values()
                 ],
             }
@@ -170,6 +175,15 @@ def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
         except GatewayError as exc:
             return JSONResponse({"error": exc.message, "server": runtime.describe()}, status_code=502)
         return JSONResponse(runtime.describe())
+
+    async def sessions(request: Request) -> Response:
+        """GET: the server's pooled sessions and breaker; DELETE: evict them all (reason manual)."""
+        _authorize(gateway, request)
+        runtime = gateway.runtime(request.path_params["server_id"])
+        if request.method == "DELETE":
+            evicted = await gateway.pool.evict_server(runtime.id, "manual")
+            return JSONResponse({"evicted": evicted, **gateway.pool.describe(runtime.id)})
+        return JSONResponse(gateway.pool.describe(runtime.id))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HttpError)
@@ -194,6 +208,7 @@ def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
         Route("/servers", servers),
         Route("/servers/{server_id}/restart", admin, methods=["POST"]),
         Route("/servers/{server_id}/stop", admin, methods=["POST"]),
+        Route("/servers/{server_id}/sessions", sessions, methods=["GET", "DELETE"]),
     ]
     if telemetry is not None:
         telemetry.attach(gateway)

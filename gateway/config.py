@@ -40,12 +40,29 @@ class RestartPolicy(_Model):
     backoff_max: float = Field(30.0, gt=0)
 
 
+class PoolConfig(_Model):
+    """Pooled upstream sessions of one server; see docs/session-pool.md."""
+
+    share_sessions: bool = Field(False, description="one session for every caller (stateless upstreams only)")
+    max_sessions: int = Field(64, gt=0, description="sessions with this server, all callers together")
+    max_sessions_per_key: int = Field(4, gt=0, description="sessions per caller")
+    max_requests_per_session: int = Field(64, gt=0, description="concurrent requests multiplexed on one session")
+    acquire_timeout: float = Field(10.0, gt=0, description="seconds to wait for a session when all are busy")
+    ttl: float = Field(0.0, ge=0, description="close sessions older than this; 0 = never")
+    idle_ttl: float = Field(600.0, ge=0, description="close sessions unused this long; 0 = never")
+    health_check_interval: float = Field(30.0, ge=0, description="ping a session idle this long before use; 0 = never")
+    health_check_timeout: float = Field(2.0, gt=0)
+    failure_threshold: int = Field(5, gt=0, description="consecutive failures that open the circuit breaker")
+    cooldown: float = Field(30.0, gt=0, description="seconds the breaker stays open before one probe")
+
+
 class _ServerBase(_Model):
     lazy: bool = True
     idle_timeout: float = Field(0.0, ge=0, description="stop an idle stdio server after this many seconds; 0 = never")
     request_timeout: float = Field(60.0, gt=0)
     start_timeout: float = Field(30.0, gt=0, description="seconds to spawn and answer initialize")
     restart: RestartPolicy = RestartPolicy()
+    pool: PoolConfig = PoolConfig()
 
 
 class StdioServer(_ServerBase):

@@ -22,6 +22,8 @@ class ErrorType(StrEnum):
     REJECTED = "rejected"  # refused by policy: auth, size limit, shutting down, unknown session
     UNAVAILABLE = "unavailable"  # the upstream could not be started or reached
     NOT_FOUND = "not_found"  # unknown server, tool, prompt or resource
+    POOL_EXHAUSTED = "pool_exhausted"  # every session busy and none could be added within acquire_timeout
+    CIRCUIT_OPEN = "circuit_open"  # the server's circuit breaker is open: failing fast
     INTERNAL = "internal"  # a bug in the gateway
 
 
@@ -116,3 +118,11 @@ class UpstreamUnavailable(GatewayError):
     """The upstream could not be started or initialized."""
 
     code, error_type, http_status = CONNECTION_CLOSED, ErrorType.UNAVAILABLE, 503
+
+
+class PoolExhausted(GatewayError):
+    code, error_type, http_status = CONNECTION_CLOSED, ErrorType.POOL_EXHAUSTED, 503
+
+
+class CircuitOpen(GatewayError):
+    code, error_type, http_status = CONNECTION_CLOSED, ErrorType.CIRCUIT_OPEN, 503

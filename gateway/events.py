@@ -58,6 +58,9 @@ class Observer(Protocol):
 
     def pool_event(self, server_id: str, event: str, reason: str | None = None) -> None: ...
 
+    def pool_acquired(self, server_id: str, seconds: float) -> None:
+        """How long one acquire took, hit, miss or wait."""
+
     def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:
         """A client's session with the gateway (side "server") or an upstream session ("client") ended."""
 
@@ -76,6 +79,9 @@ class NullObserver:
         pass
 
     def pool_event(self, server_id: str, event: str, reason: str | None = None) -> None:
+        pass
+
+    def pool_acquired(self, server_id: str, seconds: float) -> None:
         pass
 
     def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import ErrorType, GatewayError
+from gateway.errors import ErrorType, GatewayError, UpstreamClosed
 from gateway.events import RequestRecord
 from gateway.lifecycle import ServerRuntime
 from gateway.protocol import Message, error_response
@@ -39,15 +39,19 @@ async def forward(
     error_type: ErrorType | None = None
     upstream_seconds: float | None = None
     try:
-        upstream = await gateway.pool.acquire(runtime, session.identity)
+        lease = await gateway.pool.acquire(runtime, session.identity)
         upstream_started = time.perf_counter()
+        broken = False
         try:
-            response = await upstream.request(
+            response = await lease.session.request(
                 message, timeout=runtime.config.request_timeout, downstream=channel, owner=session
             )
+        except UpstreamClosed:
+            broken = True
+            raise
         finally:
             upstream_seconds = time.perf_counter() - upstream_started
-            gateway.pool.release(runtime, upstream)
+            gateway.pool.release(runtime, lease, failed=broken)
         if "error" in response:
             error_type = ErrorType.UPSTREAM_ERROR
         elif method == "tools/call" and (response.get("result") or {}).get("isError") is True:
@@ -104,13 +108,13 @@ async def forward_notification(
         return
     if not gateway.pool.live_sessions(runtime.id, session.identity):
         return  # nothing upstream to tell
-    upstream = await gateway.pool.acquire(runtime, session.identity)
+    lease = await gateway.pool.acquire(runtime, session.identity)
     try:
-        await upstream.notify(message)
+        await lease.session.notify(message)
     except GatewayError:
         pass  # a notification has no one to report a failure to
     finally:
-        gateway.pool.release(runtime, upstream)
+        gateway.pool.release(runtime, lease)
 
 
 class ServerProxy:
@@ -121,9 +125,9 @@ class ServerProxy:
         self.runtime = runtime
 
     async def initialize(self, session: ClientSession, message: Message) -> dict[str, Any]:
-        upstream = await self.gateway.pool.acquire(self.runtime, session.identity)
-        self.gateway.pool.release(self.runtime, upstream)
-        return dict(upstream.initialize_result)
+        lease = await self.gateway.pool.acquire(self.runtime, session.identity)
+        self.gateway.pool.release(self.runtime, lease)
+        return dict(lease.session.initialize_result)
 
     async def request(self, session: ClientSession, message: Message, channel: Downstream) -> Message:
         return await forward(self.gateway, self.runtime, session, message, channel, named_target(message))

@@ -68,6 +68,7 @@ class ServerRuntime:
         self._process: StdioSession | None = None
         self._starting: asyncio.Task[StdioSession] | None = None
         self._failures: deque[float] = deque()
+        self.stop_listeners: list[Callable[[str, StopReason], None]] = []
         self._http: HttpClient | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -140,6 +141,10 @@ class ServerRuntime:
         process = self._process
         if process is not None and not process.closed:
             return process
+        if self._stop_task is not None:
+            # A stop is under way: let it finish (and be counted) before starting again.
+            await asyncio.shield(self._stop_task)
+            return await self._ensure_process()
         if self._starting is None:
             self._check_failures()
             self._starting = asyncio.create_task(self._spawn(0.0), name=f"start-{self.id}")
@@ -243,6 +248,8 @@ class ServerRuntime:
         self.started_mono = None
         if was_running:
             self.observer.server_stopped(self.id, reason)
+        for listener in self.stop_listeners:
+            listener(self.id, reason)
 
     # -- operations ------------------------------------------------------------------------------
 

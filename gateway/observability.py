@@ -75,7 +75,7 @@ class GatewayFleet:
     def pool_samples(self) -> Iterable[PoolSample]:
         if self.gateway is None:
             return []
-        return [PoolSample(server_id, active, size) for server_id, active, size in self.gateway.pool.occupancy()]
+        return [PoolSample(*occupancy) for occupancy in self.gateway.pool.occupancy()]
 
 
 class Telemetry:

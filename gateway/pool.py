@@ -1,9 +1,17 @@
-"""Initialized upstream sessions, handed out per (server, caller identity) and reused.
+"""Pooled upstream MCP sessions: reuse, expiry, health checks and circuit breaking, all observable.
 
-A hit reuses a live session; a miss creates one (concurrent misses for one key share the
-creation); a closed session is dropped on sight. stdio servers are one process that speaks one MCP
-session, multiplexed by `upstream.base`, so every identity shares it: the key's identity is "".
-This is the seam where TTLs, health checks and circuit breaking plug in.
+A pooled session is one initialized MCP session with one upstream: an `Mcp-Session-Id` for a
+streamable-HTTP server, the process itself for a stdio server (stdio carries exactly one
+session). Sessions are keyed by (server, caller identity) and never shared across identities,
+unless the server sets `pool.share_sessions` (stdio servers always share their one process; see
+docs/session-pool.md). A session carries up to `max_requests_per_session` concurrent requests of
+its key: MCP multiplexes by request id, so the common case is one session per key.
+
+Acquire takes the least loaded live session of the key (a hit), else creates one (a miss) while
+the key and the server are under their maximums, making room by evicting the least recently used
+idle session of another key (`capacity`), else waits up to `acquire_timeout`. Every eviction has a
+reason from a closed set and closes its session. A breaker per server opens after
+`failure_threshold` consecutive failures to create or health-check a session.
 """
 
 from __future__ import annotations
@@ -11,108 +19,399 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
-from gateway.config import StdioServer
-from gateway.events import Observer, PoolEvent
+from gateway.config import PoolConfig, StdioServer
+from gateway.errors import CircuitOpen, GatewayError, PoolExhausted
+from gateway.events import Observer, PoolEvent, StopReason
 from gateway.lifecycle import ServerRuntime
 from gateway.upstream.base import UpstreamSession
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
+Clock = Callable[[], float]
+SHARED = ""  # the identity of a session every caller may use
+
+# What a server stop means for its stdio session, as an eviction reason.
+_STOP_EVICTIONS = {
+    StopReason.IDLE: "idle",
+    StopReason.CRASH: "upstream_closed",
+    StopReason.SHUTDOWN: "shutdown",
+    StopReason.MANUAL: "manual",
+    StopReason.HEALTH_CHECK: "health_check",
+}
+
+
+_EVICTION_STOPS = {
+    "idle": StopReason.IDLE,
+    "health_check": StopReason.HEALTH_CHECK,
+    "shutdown": StopReason.SHUTDOWN,
+    "manual": StopReason.MANUAL,
+}
+
+
+class CircuitState(IntEnum):
+    """The value of `mcp_session_pool_circuit_state`."""
+
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+@dataclass(eq=False)
+class Lease:
+    """One pooled session and its bookkeeping; what `acquire` hands out and `release` takes back."""
+
+    session: UpstreamSession
+    server_id: str
+    identity: str
+    created: float
+    last_used: float
+    in_use: int = 0
+    retiring: bool = False  # evicted while in use: closed when its last request ends
+    reason: str = ""
+
+    @property
+    def idle(self) -> bool:
+        return self.in_use == 0
+
+
+@dataclass
+class Breaker:
+    threshold: int
+    cooldown: float
+    state: CircuitState = CircuitState.CLOSED
+    failures: int = 0
+    opened_at: float = 0.0
+    probing: bool = False
+
+    def admit(self, now: float) -> bool:
+        """May a new session be created now? In half-open state, exactly one probe may."""
+        if self.state is CircuitState.OPEN and now - self.opened_at >= self.cooldown:
+            self.state = CircuitState.HALF_OPEN
+        if self.state is CircuitState.CLOSED:
+            return True
+        if self.state is CircuitState.HALF_OPEN and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self.state, self.failures, self.probing = CircuitState.CLOSED, 0, False
+
+    def failed(self, now: float) -> bool:
+        """Count a failure; True when it opens the breaker."""
+        self.failures += 1
+        self.probing = False
+        if self.state is CircuitState.HALF_OPEN or self.failures >= self.threshold:
+            opening = self.state is not CircuitState.OPEN
+            self.state, self.opened_at = CircuitState.OPEN, now
+            return opening
+        return False
+
+
+@dataclass
+class _Server:
+    runtime: ServerRuntime
+    config: PoolConfig
+    breaker: Breaker
+    leases: dict[str, list[Lease]] = field(default_factory=dict)
+    pending: dict[str, asyncio.Future[Lease]] = field(default_factory=dict)
+    creating: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def size(self) -> int:
+        return sum(len(leases) for leases in self.leases.values()) + self.creating
 
 
 class SessionPool:
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer: Observer, clock: Clock = time.monotonic) -> None:
         self.observer = observer
-        self._sessions: dict[Key, UpstreamSession] = {}
-        self._creating: dict[Key, asyncio.Task[UpstreamSession]] = {}
+        self.clock = clock
+        self._servers: dict[str, _Server] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
-    @staticmethod
-    def key(runtime: ServerRuntime, identity: str) -> Key:
-        return (runtime.id, "" if isinstance(runtime.config, StdioServer) else identity)
+    def add(self, runtime: ServerRuntime) -> None:
+        config = runtime.config.pool
+        self._servers[runtime.id] = _Server(runtime, config, Breaker(config.failure_threshold, config.cooldown))
+        runtime.stop_listeners.append(self.server_stopped)
 
-    async def acquire(self, runtime: ServerRuntime, identity: str) -> UpstreamSession:
-        """An initialized session for this caller; pair every acquire with `release`."""
-        key = self.key(runtime, identity)
-        session = self._sessions.get(key)
-        if session is not None and not session.closed:
-            self.observer.pool_event(runtime.id, PoolEvent.HIT)
-        else:
-            if session is not None:
-                self._forget(key, session, "upstream_closed")
-            session = await self._create(runtime, key)
-            self.observer.pool_event(runtime.id, PoolEvent.MISS)
+    def _key(self, server: _Server, identity: str) -> str:
+        shared = server.config.share_sessions or isinstance(server.runtime.config, StdioServer)
+        return SHARED if shared else identity
+
+    # -- acquire and release --------------------------------------------------------------------
+
+    async def acquire(self, runtime: ServerRuntime, identity: str) -> Lease:
+        """A session for this caller; pair every acquire with `release`."""
+        started = self.clock()
+        server = self._servers[runtime.id]
+        key = self._key(server, identity)
+        try:
+            lease = await self._acquire(server, key)
+        finally:
+            self.observer.pool_acquired(runtime.id, self.clock() - started)
+        lease.in_use += 1
         runtime.in_flight += 1
-        return session
+        return lease
 
-    async def _create(self, runtime: ServerRuntime, key: Key) -> UpstreamSession:
-        task = self._creating.get(key)
-        if task is None:
-            task = asyncio.create_task(runtime.open_session(), name=f"session-{key[0]}")
-            self._creating[key] = task
-            task.add_done_callback(lambda _: self._creating.pop(key, None))
-        session = await asyncio.shield(task)
-        session.identity = key[1]
-        self._sessions[key] = session
-        return session
+    async def _acquire(self, server: _Server, key: str) -> Lease:
+        config = server.config
+        deadline = self.clock() + config.acquire_timeout
+        while True:
+            lease = self._pick(server, key)
+            if lease is not None:
+                if lease.idle and self._check_due(server, lease) and not await self._healthy(server, lease):
+                    continue
+                self.observer.pool_event(server.runtime.id, PoolEvent.HIT)
+                return lease
+            pending = server.pending.get(key)
+            if pending is not None:
+                # Someone is creating this key's session: share it rather than open a second one.
+                await asyncio.shield(pending)
+                continue
+            if len(server.leases.get(key, ())) < config.max_sessions_per_key and self._make_room(server):
+                creation = asyncio.ensure_future(self._create(server, key))
+                server.pending[key] = creation
+                try:
+                    lease = await asyncio.shield(creation)
+                finally:
+                    server.pending.pop(key, None)
+                self.observer.pool_event(server.runtime.id, PoolEvent.MISS)
+                return lease
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise PoolExhausted(
+                    f"no session for server {server.runtime.id!r} within {config.acquire_timeout:g}s: "
+                    f"{server.size} of {config.max_sessions} sessions, all busy",
+                    data={"server": server.runtime.id, "reason": "pool_exhausted"},
+                )
+            server.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.changed.wait(), remaining)
 
-    def release(self, runtime: ServerRuntime, session: UpstreamSession) -> None:
+    def _pick(self, server: _Server, key: str) -> Lease | None:
+        """The least loaded usable session of the key; expired and dead ones are evicted on sight."""
+        best: Lease | None = None
+        now = self.clock()
+        ttl = server.config.ttl
+        for lease in list(server.leases.get(key, ())):
+            if lease.session.closed:
+                self._evict(server, lease, "upstream_closed")
+            elif ttl and now - lease.created > ttl and not isinstance(server.runtime.config, StdioServer):
+                self._evict(server, lease, "ttl_expired")
+            elif lease.in_use < server.config.max_requests_per_session and (best is None or lease.in_use < best.in_use):
+                best = lease
+        return best
+
+    def _check_due(self, server: _Server, lease: Lease) -> bool:
+        interval = server.config.health_check_interval
+        return bool(interval) and self.clock() - lease.last_used > interval
+
+    async def _healthy(self, server: _Server, lease: Lease) -> bool:
+        """Ping a session that sat idle; a failure evicts it and counts against the breaker."""
+        lease.in_use += 1  # nobody else takes it while it is being checked
+        try:
+            ping = {"jsonrpc": "2.0", "id": "health", "method": "ping"}
+            response = await lease.session.request(ping, timeout=server.config.health_check_timeout)
+            ok = "result" in response
+        except GatewayError:
+            ok = False
+        finally:
+            lease.in_use -= 1
+        if ok:
+            lease.last_used = self.clock()
+            return True
+        log.warning("server %s: a pooled session failed its health check", server.runtime.id)
+        self.observer.pool_event(server.runtime.id, PoolEvent.HEALTH_CHECK_FAILED)
+        self._evict(server, lease, "health_check")
+        if server.breaker.failed(self.clock()):
+            self._open_breaker(server)
+        return False
+
+    def _make_room(self, server: _Server) -> bool:
+        """True when one more session fits the server's maximum, after evicting the LRU idle one if need be."""
+        if server.size < server.config.max_sessions:
+            return True
+        idle = [lease for leases in server.leases.values() for lease in leases if lease.idle]
+        if not idle:
+            return False
+        self._evict(server, min(idle, key=lambda lease: lease.last_used), "capacity")
+        return True
+
+    async def _create(self, server: _Server, key: str) -> Lease:
+        runtime = server.runtime
+        if not server.breaker.admit(self.clock()):
+            raise CircuitOpen(
+                f"server {runtime.id!r} is failing: its circuit breaker is open for "
+                f"{server.config.cooldown:g}s after {server.breaker.failures} failures",
+                data={"server": runtime.id, "reason": "circuit_open"},
+            )
+        server.creating += 1
+        try:
+            session = await runtime.open_session()
+        except GatewayError:
+            if server.breaker.failed(self.clock()):
+                self._open_breaker(server)
+            raise
+        except BaseException:
+            server.breaker.probing = False
+            raise
+        finally:
+            server.creating -= 1
+            server.changed.set()
+        server.breaker.succeeded()
+        session.identity = key
+        now = self.clock()
+        existing = next((lease for lease in server.leases.get(key, ()) if lease.session is session), None)
+        if existing is not None:  # a stdio server's one process, already pooled
+            return existing
+        lease = Lease(session, runtime.id, key, now, now)
+        server.leases.setdefault(key, []).append(lease)
+        return lease
+
+    def release(self, runtime: ServerRuntime, lease: Lease, failed: bool = False) -> None:
+        """Give a session back; one whose call hit a transport error is discarded, not returned."""
         runtime.in_flight -= 1
         runtime.last_used = runtime.clock()
-        if session.closed:
-            key = self.key(runtime, "")
-            for candidate, held in list(self._sessions.items()):
-                if held is session:
-                    key = candidate
-                    self._forget(key, session, "upstream_closed")
+        lease.in_use -= 1
+        lease.last_used = self.clock()
+        server = self._servers[runtime.id]
+        if failed or lease.session.closed:
+            self._evict(server, lease, "upstream_closed")
+        elif lease.retiring and lease.idle:
+            self._close(lease)
+        server.changed.set()
 
-    def _forget(self, key: Key, session: UpstreamSession, reason: str) -> None:
-        if self._sessions.get(key) is session:
-            del self._sessions[key]
-            self.observer.pool_event(key[0], PoolEvent.EVICTED, reason)
+    # -- eviction -------------------------------------------------------------------------------
 
-    async def evict_server(self, server_id: str, reason: str) -> None:
-        """Close and forget every pooled session of one server."""
-        doomed = [(key, session) for key, session in self._sessions.items() if key[0] == server_id]
-        for key, session in doomed:
-            self._forget(key, session, reason)
-        # A stdio session is its server's process: the runtime stops it, with the stop's own reason.
-        closing = [session.close(reason) for _, session in doomed if session.transport != "stdio"]
+    def _evict(self, server: _Server, lease: Lease, reason: str) -> asyncio.Future[Any] | None:
+        """Drop a session from the pool with its reason; close it now, or when its last request ends."""
+        leases = server.leases.get(lease.identity)
+        if leases is None or lease not in leases:
+            return None
+        leases.remove(lease)
+        if not leases:
+            del server.leases[lease.identity]
+        lease.reason = reason
+        self.observer.pool_event(server.runtime.id, PoolEvent.EVICTED, reason)
+        server.changed.set()
+        if lease.idle:
+            return self._close(lease)
+        lease.retiring = True  # requests in flight finish first
+        return None
+
+    def _close(self, lease: Lease) -> asyncio.Future[Any] | None:
+        """Close an evicted session: DELETE for HTTP; a stdio process is stopped by its runtime."""
+        server = self._servers[lease.server_id]
+        if lease.session.closed:
+            return None
+        if isinstance(server.runtime.config, StdioServer):
+            reason = _EVICTION_STOPS.get(lease.reason, StopReason.MANUAL)
+            closing = asyncio.ensure_future(server.runtime.stop(reason))
+        else:
+            closing = asyncio.ensure_future(lease.session.close(lease.reason))
+        closing.add_done_callback(_log_failure)
+        return closing
+
+    def _open_breaker(self, server: _Server) -> None:
+        log.error("server %s: circuit breaker open for %gs", server.runtime.id, server.config.cooldown)
+        for lease in [lease for leases in server.leases.values() for lease in leases if lease.idle]:
+            self._evict(server, lease, "circuit_breaker")
+
+    def server_stopped(self, server_id: str, reason: StopReason) -> None:
+        """The lifecycle stopped a server: its sessions are gone, with the stop's reason."""
+        server = self._servers.get(server_id)
+        if server is None:
+            return
+        for lease in [lease for leases in server.leases.values() for lease in leases]:
+            self._evict(server, lease, _STOP_EVICTIONS.get(reason, "upstream_closed"))
+
+    async def evict_server(self, server_id: str, reason: str) -> int:
+        """Evict every session of one server (the admin endpoint, shutdown); returns how many."""
+        server = self._servers[server_id]
+        doomed = [lease for leases in server.leases.values() for lease in leases]
+        closing = [future for lease in doomed if (future := self._evict(server, lease, reason)) is not None]
         await asyncio.gather(*closing, return_exceptions=True)
+        return len(doomed)
+
+    def sweep(self) -> None:
+        """Evict sessions past their TTL or idle past `idle_ttl` (stdio idleness is the server's idle_timeout)."""
+        now = self.clock()
+        for server in self._servers.values():
+            if isinstance(server.runtime.config, StdioServer):
+                continue
+            ttl, idle_ttl = server.config.ttl, server.config.idle_ttl
+            for lease in [lease for leases in server.leases.values() for lease in leases]:
+                if lease.session.closed:
+                    self._evict(server, lease, "upstream_closed")
+                elif ttl and now - lease.created > ttl:
+                    self._evict(server, lease, "ttl_expired")
+                elif idle_ttl and lease.idle and now - lease.last_used > idle_ttl:
+                    self._evict(server, lease, "idle")
+
+    async def run_sweeper(self, every: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.sweep()
 
     async def close(self) -> None:
-        for task in list(self._creating.values()):
-            task.cancel()
-        servers = {key[0] for key in self._sessions}
-        for server_id in servers:
-            with contextlib.suppress(Exception):
-                await self.evict_server(server_id, "shutdown")
+        for server_id in list(self._servers):
+            await self.evict_server(server_id, "shutdown")
 
-    def occupancy(self) -> list[tuple[str, int, int]]:
-        """(server id, sessions in use now, sessions pooled now) for every server with sessions."""
-        counts: dict[str, list[int]] = {}
-        for (server_id, _), session in list(self._sessions.items()):
-            entry = counts.setdefault(server_id, [0, 0])
-            entry[0] += 1 if session.in_flight else 0
-            entry[1] += 1
-        return [(server_id, active, size) for server_id, (active, size) in counts.items()]
+    # -- what operators and metrics read ------------------------------------------------------------
+
+    def leases(self, server_id: str | None = None) -> list[Lease]:
+        servers = [self._servers[server_id]] if server_id is not None else list(self._servers.values())
+        return [lease for server in servers for leases in list(server.leases.values()) for lease in leases]
 
     def all_sessions(self) -> list[UpstreamSession]:
-        return list(self._sessions.values())
+        return [lease.session for lease in self.leases()]
 
     def live_sessions(self, server_id: str, identity: str) -> list[UpstreamSession]:
         """Open sessions this caller may be using with one server (no hit or miss is counted)."""
+        server = self._servers[server_id]
+        key = self._key(server, identity)
+        return [lease.session for lease in server.leases.get(key, ()) if not lease.session.closed]
+
+    def occupancy(self) -> list[tuple[str, int, int, int]]:
+        """(server id, sessions in use, sessions pooled, breaker state) for every server."""
         return [
-            session
-            for (sid, who), session in self._sessions.items()
-            if sid == server_id and who in ("", identity) and not session.closed
+            (
+                server_id,
+                sum(1 for lease in self.leases(server_id) if not lease.idle),
+                server.size,
+                int(server.breaker.state),
+            )
+            for server_id, server in list(self._servers.items())
         ]
 
-    def describe(self, server_id: str) -> list[dict[str, Any]]:
-        return [
-            {"identity": key[1] or "*", "protocol_version": session.protocol_version, "in_flight": session.in_flight}
-            for key, session in self._sessions.items()
-            if key[0] == server_id
-        ]
+    def describe(self, server_id: str) -> dict[str, Any]:
+        server = self._servers[server_id]
+        now = self.clock()
+        breaker = server.breaker
+        return {
+            "breaker": {"state": breaker.state.name.lower(), "consecutive_failures": breaker.failures},
+            "size": server.size,
+            "sessions": [
+                {
+                    "identity": lease.identity or "*",
+                    "state": "retiring" if lease.retiring else ("in_use" if lease.in_use else "idle"),
+                    "in_use": lease.in_use,
+                    "age_seconds": round(now - lease.created, 3),
+                    "idle_seconds": round(now - lease.last_used, 3) if lease.idle else 0.0,
+                    "protocol_version": lease.session.protocol_version,
+                }
+                for lease in self.leases(server_id)
+            ],
+        }
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("closing an evicted session failed: %s", task.exception())

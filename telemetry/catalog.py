@@ -64,6 +64,8 @@ ERROR_TYPES: Final = (
     "rejected",
     "unavailable",
     "not_found",
+    "pool_exhausted",
+    "circuit_open",
     "internal",
 )
 STOP_REASONS: Final = ("idle", "crash", "shutdown", "manual", "health_check", "start_failed")
@@ -306,6 +308,31 @@ METRICS: Final[tuple[Metric, ...]] = (
         "",
         "Pooled upstream sessions now, idle and in use.",
         POOL_LABELS,
+    ),
+    Metric(
+        "mcp_session_pool_acquire_duration_seconds",
+        "mcp_session_pool_acquire_duration",
+        Kind.HISTOGRAM,
+        "s",
+        "Time to get a session: near zero on a hit, session creation on a miss, the wait when exhausted.",
+        POOL_LABELS,
+        buckets=(0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30),
+        questions=(
+            (
+                "p95 time to get a session",
+                "histogram_quantile(0.95, sum by (server_id, le)"
+                " (rate(mcp_session_pool_acquire_duration_seconds_bucket[5m])))",
+            ),
+        ),
+    ),
+    Metric(
+        "mcp_session_pool_circuit_state",
+        "mcp_session_pool_circuit_state",
+        Kind.GAUGE,
+        "",
+        "The server's circuit breaker: 0 closed, 1 half-open (one probe allowed), 2 open (failing fast).",
+        POOL_LABELS,
+        questions=(("Servers failing fast", "mcp_session_pool_circuit_state == 2"),),
     ),
     # -- OpenTelemetry semantic conventions for MCP -------------------------------------------------
     Metric(

@@ -73,6 +73,7 @@ class PoolSample:
     server_id: str
     active: int
     size: int
+    circuit_state: int = 0  # 0 closed, 1 half-open, 2 open
 
 
 class Fleet(Protocol):
@@ -143,8 +144,10 @@ class Recorder:
         gauge("mcp_gateway_inflight_requests", self._in_flight)
         gauge("mcp_session_pool_active_sessions", lambda: self._pool_gauge(lambda s: s.active))
         gauge("mcp_session_pool_size", lambda: self._pool_gauge(lambda s: s.size))
+        gauge("mcp_session_pool_circuit_state", lambda: self._pool_gauge(lambda s: s.circuit_state))
         self._duration = histogram("mcp_gateway_request_duration_seconds")
         self._start_duration = histogram("mcp_gateway_server_start_duration_seconds")
+        self._acquire_duration = histogram("mcp_session_pool_acquire_duration_seconds")
         self._semconv = settings.semconv
         if settings.semconv:
             self._server_op = histogram("mcp_server_operation_duration_seconds")
@@ -231,6 +234,16 @@ class Recorder:
             self._evictions[(server_id, reason if reason in EVICTION_REASONS else OTHER)] += 1
         elif event == "health_check_failed":
             self._health_failures[server_id] += 1
+
+    def pool_acquired(self, server_id: str, seconds: float) -> None:
+        try:
+            key = ("pool", server_id)
+            attrs = self._attrs.get(key)
+            if attrs is None:
+                attrs = self._attrs[key] = {"gateway_id": self.gateway_id, "server_id": server_id}
+            self._acquire_duration.record(seconds, attrs)
+        except Exception:
+            log.exception("telemetry: recording an acquire failed")
 
     def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:
         """A client session with the gateway (side "server") or an upstream session (side "client") ended."""

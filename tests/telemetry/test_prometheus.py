@@ -237,7 +237,8 @@ def _answers(prometheus: Prometheus) -> None:
     failures = prometheus.query("sum(rate(mcp_session_pool_health_check_failures_total[5m])) by (gateway_id)")
     assert all(item["metric"].keys() == {"gateway_id"} for item in failures), failures  # empty until health checks
     active = prometheus.query("mcp_session_pool_active_sessions")
-    assert {item["metric"]["server_id"] for item in active} == {DEMO, REMOTE}, active
+    # Pool gauges exist for every configured server, 0 where nothing is pooled.
+    assert {item["metric"]["server_id"] for item in active} == {DEMO, REMOTE, SPARE}, active
     assert {item["metric"]["gateway_id"] for item in active} == {GATEWAY_ID}, active
 
     [info] = prometheus.query('target_info{service_name="mcp-gateway"}')
