@@ -1,6 +1,8 @@
 # mcp-gateway: `make run` starts the gateway on its embedded demo; `make test` installs what the
 # tests need (dev extras, npm MCP servers, Node 22, Prometheus) and runs the whole suite.
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -29,9 +31,10 @@ tools:
 
 test: install tools
 	rm -f .coverage .coverage.*
-	$(PY) -m coverage run -m pytest $(PYTEST_ARGS)
+	$(PY) -m coverage run -m pytest -p no:cacheprovider $(PYTEST_ARGS) | tee .pytest-output
 	$(PY) -m coverage combine --quiet
 	$(PY) -m coverage report --skip-covered --sort=cover
+	@tail -n 1 .pytest-output  # the test count, last, where CI reads it
 
 lint: install
 	$(PY) -m ruff check gateway telemetry tests bench

@@ -35,3 +35,10 @@ def test_telemetry_benchmark_runs(tmp_path: Path) -> None:
     }
     assert result["scrape"]["histogram_series"] > 0 and result["scrape"]["page_bytes"] > 0
     assert result["scrape_interference"]["p99_ms_no_scrape"] > 0
+
+
+def test_pool_benchmark_runs(tmp_path: Path) -> None:
+    result = _run("pool.py", tmp_path / "pool.json")
+    arms = {row["arm"] for row in result["summary"]}
+    assert arms == {"direct", "gateway, pooled", "gateway, a session per call"}
+    assert result["hit"]["acquire_release_us_median"] > 0
