@@ -128,6 +128,11 @@ class _Server:
     def size(self) -> int:
         return sum(len(leases) for leases in self.leases.values()) + self.creating
 
+    @property
+    def stdio(self) -> bool:
+        """A stdio server: its one process is its one session, shared by every caller."""
+        return isinstance(self.runtime.config, StdioServer)
+
 
 class SessionPool:
     def __init__(self, observer: Observer, clock: Clock = time.monotonic) -> None:
@@ -142,8 +147,7 @@ class SessionPool:
         runtime.stop_listeners.append(self.server_stopped)
 
     def _key(self, server: _Server, identity: str) -> str:
-        shared = server.config.share_sessions or isinstance(server.runtime.config, StdioServer)
-        return SHARED if shared else identity
+        return SHARED if server.config.share_sessions or server.stdio else identity
 
     # -- acquire and release --------------------------------------------------------------------
 
@@ -175,7 +179,8 @@ class SessionPool:
                 # Someone is creating this key's session: share it rather than open a second one.
                 await asyncio.shield(pending)
                 continue
-            if len(server.leases.get(key, ())) < config.max_sessions_per_key and self._make_room(server):
+            per_key = 1 if server.stdio else config.max_sessions_per_key  # a stdio server has one process
+            if len(server.leases.get(key, ())) < per_key and self._make_room(server):
                 creation = asyncio.ensure_future(self._create(server, key))
                 server.pending[key] = creation
                 try:
@@ -199,15 +204,28 @@ class SessionPool:
         """The least loaded usable session of the key; expired and dead ones are evicted on sight."""
         best: Lease | None = None
         now = self.clock()
-        ttl = server.config.ttl
         for lease in list(server.leases.get(key, ())):
-            if lease.session.closed:
-                self._evict(server, lease, "upstream_closed")
-            elif ttl and now - lease.created > ttl and not isinstance(server.runtime.config, StdioServer):
-                self._evict(server, lease, "ttl_expired")
+            if expired := self._expiry(server, lease, now):
+                self._evict(server, lease, expired)
             elif lease.in_use < server.config.max_requests_per_session and (best is None or lease.in_use < best.in_use):
                 best = lease
         return best
+
+    def _expiry(self, server: _Server, lease: Lease, now: float) -> str | None:
+        """Why a pooled session must go now, if it must: dead, past its TTL, or idle past `idle_ttl`.
+
+        A stdio session's age and idleness are its server's business (`idle_timeout`), not the pool's.
+        """
+        if lease.session.closed:
+            return "upstream_closed"
+        if server.stdio:
+            return None
+        ttl, idle_ttl = server.config.ttl, server.config.idle_ttl
+        if ttl and now - lease.created > ttl:
+            return "ttl_expired"
+        if idle_ttl and lease.idle and now - lease.last_used > idle_ttl:
+            return "idle"
+        return None
 
     def _check_due(self, server: _Server, lease: Lease) -> bool:
         interval = server.config.health_check_interval
@@ -284,7 +302,7 @@ class SessionPool:
         server = self._servers[runtime.id]
         if failed or lease.session.closed:
             self._evict(server, lease, "upstream_closed")
-        elif lease.retiring and lease.idle:
+        if lease.retiring and lease.idle:  # evicted while in use, now or before: its last request ended
             self._close(lease)
         server.changed.set()
 
@@ -311,7 +329,9 @@ class SessionPool:
         server = self._servers[lease.server_id]
         if lease.session.closed:
             return None
-        if isinstance(server.runtime.config, StdioServer):
+        if server.stdio:
+            if any(other.session is lease.session for other in self.leases(lease.server_id)):
+                return None  # the process was pooled again while this lease retired: it serves others now
             reason = _EVICTION_STOPS.get(lease.reason, StopReason.MANUAL)
             closing = asyncio.ensure_future(server.runtime.stop(reason))
         else:
@@ -344,16 +364,11 @@ class SessionPool:
         """Evict sessions past their TTL or idle past `idle_ttl` (stdio idleness is the server's idle_timeout)."""
         now = self.clock()
         for server in self._servers.values():
-            if isinstance(server.runtime.config, StdioServer):
-                continue
-            ttl, idle_ttl = server.config.ttl, server.config.idle_ttl
+            if server.stdio:
+                continue  # a stdio session ends with its process; its runtime reports why
             for lease in [lease for leases in server.leases.values() for lease in leases]:
-                if lease.session.closed:
-                    self._evict(server, lease, "upstream_closed")
-                elif ttl and now - lease.created > ttl:
-                    self._evict(server, lease, "ttl_expired")
-                elif idle_ttl and lease.idle and now - lease.last_used > idle_ttl:
-                    self._evict(server, lease, "idle")
+                if expired := self._expiry(server, lease, now):
+                    self._evict(server, lease, expired)
 
     async def run_sweeper(self, every: float = 1.0) -> None:
         while True:

@@ -157,6 +157,8 @@ class UpstreamSession(ABC):
             raise
         finally:
             self._pending.pop(upstream_id, None)
+            if pending.future.done() and not pending.future.cancelled():
+                pending.future.exception()  # retrieved: the caller got its error another way
             if pending.progress_token is not None:
                 self._progress.pop(f"gw-{upstream_id}", None)
         response["id"] = pending.client_id

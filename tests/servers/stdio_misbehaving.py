@@ -4,7 +4,9 @@ Run: ``python -m tests.servers.stdio_misbehaving``. Speaks newline-delimited JSO
 Tools: ``echo`` answers normally; ``garbage`` writes a non-JSON line to stdout, then answers normally;
 ``crash`` exits the process with code 3 without answering; ``hang`` never answers (other requests still do);
 ``env`` returns the process environment as JSON text; ``cancelled`` returns, as JSON text, the ids of the
-``hang`` requests and of the ``notifications/cancelled`` received. It writes one line to stderr at startup.
+``hang`` requests and of the ``notifications/cancelled`` received; ``deafen`` answers, then leaves every later
+``ping`` unanswered (other requests still answer), as a server whose health checks fail.
+It writes one line to stderr at startup.
 With ``MISBEHAVING_STUBBORN=1`` in its environment it ignores SIGTERM and outlives the end of stdin.
 """
 
@@ -62,11 +64,13 @@ TOOLS: list[dict[str, Any]] = [
         "description": "JSON text: ids of hang requests and of notifications/cancelled received.",
         "inputSchema": _NO_ARGS_SCHEMA,
     },
+    {"name": "deafen", "description": "Answer, then never answer ping again.", "inputSchema": _NO_ARGS_SCHEMA},
 ]
 
 PAGE_SIZE = 3
 HUNG: list[Any] = []  # ids of hang requests, in arrival order
 CANCELLED: list[Any] = []  # requestId of each notifications/cancelled, in arrival order
+DEAF = False  # set by the deafen tool: pings go unanswered from then on
 
 
 def _write_line(line: str) -> None:
@@ -114,6 +118,10 @@ def _call_tool(request_id: Any, params: dict[str, Any]) -> None:
         _result(request_id, _text_result(json.dumps(dict(os.environ), sort_keys=True)))
     elif name == "cancelled":
         _result(request_id, _text_result(json.dumps({"hung": HUNG, "cancelled": CANCELLED})))
+    elif name == "deafen":
+        global DEAF
+        DEAF = True
+        _result(request_id, _text_result("deaf to ping from now on"))
     else:
         _error(request_id, INVALID_PARAMS, f"Unknown tool: {name}")
 
@@ -138,7 +146,8 @@ def _handle(message: dict[str, Any]) -> None:
             },
         )
     elif method == "ping":
-        _result(request_id, {})
+        if not DEAF:
+            _result(request_id, {})
     elif method == "tools/list":
         # Pages of PAGE_SIZE tools, so that clients (the gateway) must follow nextCursor.
         start = int(params.get("cursor") or 0)

@@ -1,0 +1,86 @@
+"""What the pool tests share: a clock the test moves by hand and an observer that counts what it hears."""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from gateway.events import PoolEvent, RequestRecord
+
+
+@dataclass
+class FakeClock:
+    """`time.monotonic` stand-in: time moves only when the test says so."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class RecordingObserver:
+    """An `Observer` that counts pool events (all servers together) and remembers starts and stops."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: Counter[str] = field(default_factory=Counter)
+    health_check_failures: int = 0
+    acquires: int = 0  # pool_acquired calls: every acquire, whether it succeeded or not
+    starts: list[str] = field(default_factory=list)
+    stops: list[tuple[str, str]] = field(default_factory=list)
+
+    def pool_event(self, server_id: str, event: str, reason: str | None = None) -> None:
+        if event == PoolEvent.HIT:
+            self.hits += 1
+        elif event == PoolEvent.MISS:
+            self.misses += 1
+        elif event == PoolEvent.EVICTED:
+            assert reason, "an eviction without a reason"
+            self.evictions[reason] += 1
+        elif event == PoolEvent.HEALTH_CHECK_FAILED:
+            self.health_check_failures += 1
+        else:
+            raise AssertionError(f"unknown pool event {event!r}")
+
+    def pool_acquired(self, server_id: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.acquires += 1
+
+    def server_started(self, server_id: str, start_seconds: float) -> None:
+        self.starts.append(server_id)
+
+    def server_stopped(self, server_id: str, reason: str) -> None:
+        self.stops.append((server_id, str(reason)))
+
+    def request_finished(self, record: RequestRecord) -> None:
+        pass
+
+    def tools_listed(self, server_id: str, names: Sequence[str], first_page: bool) -> None:
+        pass
+
+    def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:
+        pass
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `condition` (plain or awaitable) without blocking the loop; fail after `timeout` seconds."""
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                value = condition()
+                if inspect.isawaitable(value):
+                    value = await value
+                if value:
+                    return value
+                await anyio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
