@@ -7,6 +7,7 @@ sends the request, classifies the outcome and reports it to the observer. `Serve
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -106,15 +107,11 @@ async def forward_notification(
             if upstream.cancel(params.get("requestId"), session, params.get("reason")):
                 return
         return
-    if not gateway.pool.live_sessions(runtime.id, session.identity):
-        return  # nothing upstream to tell
-    lease = await gateway.pool.acquire(runtime, session.identity)
-    try:
-        await lease.session.notify(message)
-    except GatewayError:
-        pass  # a notification has no one to report a failure to
-    finally:
-        gateway.pool.release(runtime, lease)
+    # Only sessions that exist can have state to update: a notification never opens (or waits for)
+    # one, and a failure has no one to be reported to.
+    for upstream in gateway.pool.live_sessions(runtime.id, session.identity):
+        with contextlib.suppress(GatewayError):
+            await upstream.notify(message)
 
 
 class ServerProxy:

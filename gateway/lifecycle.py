@@ -349,6 +349,8 @@ class Lifecycle:
         for runtime, result in zip(eager, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("server %s did not start at boot: %s", runtime.id, result)
+            elif result.transport != "stdio":
+                await result.close("probe")  # it proved the server reachable; callers get pooled sessions
         if any(isinstance(r.config, StdioServer) and r.config.idle_timeout for r in self.servers.values()):
             self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-sweeper")
 

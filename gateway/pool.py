@@ -175,7 +175,7 @@ class SessionPool:
                 self.observer.pool_event(server.runtime.id, PoolEvent.HIT)
                 return lease
             pending = server.pending.get(key)
-            if pending is not None:
+            if pending is not None and not pending.done():  # a done one would be awaited without yielding
                 # Someone is creating this key's session: share it rather than open a second one.
                 await asyncio.shield(pending)
                 continue
@@ -186,7 +186,8 @@ class SessionPool:
                 try:
                     lease = await asyncio.shield(creation)
                 finally:
-                    server.pending.pop(key, None)
+                    if server.pending.get(key) is creation:
+                        del server.pending[key]
                 self.observer.pool_event(server.runtime.id, PoolEvent.MISS)
                 return lease
             remaining = deadline - self.clock()
