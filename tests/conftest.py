@@ -7,6 +7,7 @@ conditions polled under a deadline, never fixed sleeps.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import psutil
 import pytest
@@ -52,6 +54,21 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """`wait_for` for async tests: polls (plain or awaitable conditions) without blocking the event loop."""
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                value = condition()
+                if inspect.isawaitable(value):
+                    value = await value
+                if value:
+                    return value
+                await anyio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 def demo_server(**extra: Any) -> dict[str, Any]:

@@ -31,13 +31,14 @@ from tests.conftest import (
     Gateway,
     Upstream,
     demo_server,
+    eventually,
     mcp_session,
     start_gateway,
     start_http_upstream,
     stop_gateway,
     wait_for,
 )
-from tests.gateway.test_lifecycle import FAST_RESTART, call_outcome, eventually
+from tests.gateway.test_lifecycle import FAST_RESTART, call_outcome
 from tests.telemetry.prometheus import Prometheus, run_prometheus
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "mcp-gateway.json"

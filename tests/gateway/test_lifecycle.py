@@ -7,12 +7,11 @@ exact exchange matters), what the gateway thinks through `/servers`, what the OS
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -30,6 +29,7 @@ from tests.conftest import (
     Gateway,
     demo_server,
     demo_with_helper,
+    eventually,
     mcp_session,
     misbehaving_server,
     raw_initialize,
@@ -43,21 +43,6 @@ FAST_RESTART = {"backoff_initial": 0.05, "backoff_max": 0.2}
 
 def _text(result: Any) -> str:
     return str(result.content[0].text)
-
-
-async def eventually(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """`conftest.wait_for` for async tests: polls without blocking the event loop the clients run on."""
-    try:
-        with anyio.fail_after(timeout):
-            while True:
-                value = condition()
-                if inspect.isawaitable(value):
-                    value = await value
-                if value:
-                    return value
-                await anyio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import anyio
 
 from gateway.events import PoolEvent, RequestRecord
 
@@ -69,18 +65,3 @@ class RecordingObserver:
 
     def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:
         pass
-
-
-async def eventually(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `condition` (plain or awaitable) without blocking the loop; fail after `timeout` seconds."""
-    try:
-        with anyio.fail_after(timeout):
-            while True:
-                value = condition()
-                if inspect.isawaitable(value):
-                    value = await value
-                if value:
-                    return value
-                await anyio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None

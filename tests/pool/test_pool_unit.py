@@ -30,8 +30,8 @@ from gateway.errors import CircuitOpen, ErrorType, PoolExhausted, UpstreamClosed
 from gateway.lifecycle import ServerRuntime
 from gateway.pool import Lease, SessionPool
 from gateway.upstream.http import HttpSession
-from tests.conftest import Upstream, free_port, misbehaving_server, start_http_upstream
-from tests.pool.support import FakeClock, RecordingObserver, eventually
+from tests.conftest import Upstream, eventually, free_port, misbehaving_server, start_http_upstream
+from tests.pool.support import FakeClock, RecordingObserver
 
 pytestmark = pytest.mark.anyio
 
