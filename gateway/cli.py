@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -114,6 +115,32 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+WORKERS_REFUSED = (
+    "--workers {n}: mcp-gateway runs as one process per replica. Worker processes would each hold their "
+    "own MCP sessions, upstream servers and counters, and every scrape of /metrics would show one worker's "
+    "share, picked by the kernel. Run {n} replicas instead, each scraped (or pushing OTLP) on its own: "
+    "see docs/scaling.md."
+)
+
+
+def _single_process(workers: int, web_concurrency: str | None) -> str | None:
+    """Why the gateway refuses to start with several worker processes, or None when it runs as one.
+
+    uvicorn's own CLI takes its worker count from WEB_CONCURRENCY, which some platforms set for every
+    app; the gateway never forks workers, so there it only says that the variable has no effect.
+    """
+    if workers < 1:
+        return f"--workers {workers}: must be 1"
+    if workers > 1:
+        return WORKERS_REFUSED.format(n=workers)
+    if web_concurrency not in (None, "", "1"):
+        log.warning(
+            "WEB_CONCURRENCY=%s is ignored: mcp-gateway runs one process per replica (see docs/scaling.md)",
+            web_concurrency,
+        )
+    return None
+
+
 def metrics_doc(path: str, check: bool) -> int:
     from telemetry.docs import generate
 
@@ -138,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port (default from config: 8080)")
     serve_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve_cmd.add_argument(
+        "--workers", type=int, default=1, help="must be 1: scale out with replicas instead (docs/scaling.md)"
+    )
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     doc = commands.add_parser("metrics-doc", help="write the metric reference generated from the catalog")
@@ -159,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config) if args.config else default_config()
     except ConfigError as exc:
         print(f"mcp-gateway: invalid config: {exc}", file=sys.stderr)
+        return 2
+    refusal = _single_process(args.workers, os.environ.get("WEB_CONCURRENCY"))
+    if refusal is not None:
+        print(f"mcp-gateway: {refusal}", file=sys.stderr)
         return 2
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from gateway.config import ConfigError, HttpServer, StdioServer, load_config, parse_config
-from tests.conftest import PY, REPO
+from tests.conftest import PY, REPO, demo_server, free_port
 
 
 def _error(raw: Any, env: dict[str, str] | None = None) -> str:
@@ -222,3 +222,26 @@ def test_a_missing_file_exits_non_zero_without_a_traceback(tmp_path: Path) -> No
         assert done.returncode != 0
         assert f"{path}: cannot read: No such file or directory" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+# -- one process per replica: the multi-worker trap ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("workers", "says"),
+    [("4", "--workers 4: mcp-gateway runs as one process per replica"), ("0", "--workers 0: must be 1")],
+)
+def test_serve_refuses_worker_processes_and_points_to_replicas(workers: str, says: str) -> None:
+    done = _cli("serve", "--workers", workers, "--port", str(free_port()))
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr, done.stderr
+    if workers == "4":
+        assert "Run 4 replicas instead" in done.stderr and "docs/scaling.md" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_web_concurrency_is_reported_as_ignored_and_the_gateway_runs_as_one_process(gateway_factory: Any) -> None:
+    gw = gateway_factory({"demo": demo_server(lazy=False)}, env={"WEB_CONCURRENCY": "4"})
+    assert "WEB_CONCURRENCY=4 is ignored: mcp-gateway runs one process per replica" in gw.log()
+    # One gateway process: its only children are the demo server's.
+    assert all("gateway.demo_server" in " ".join(child.cmdline()) for child in gw.children()), gw.children()
