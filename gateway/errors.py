@@ -114,6 +114,13 @@ class UpstreamClosed(GatewayError):
     code, error_type, http_status = CONNECTION_CLOSED, ErrorType.TRANSPORT, 502
 
 
+class SessionExpired(UpstreamClosed):
+    """The upstream answered HTTP 404 for its session: it forgot it (restarted, or expired it).
+
+    The server did not process the request, so it is safe to send it again on a new session.
+    """
+
+
 class UpstreamUnavailable(GatewayError):
     """The upstream could not be started or initialized."""
 

@@ -11,7 +11,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import ErrorType, GatewayError, UpstreamClosed
+from gateway.errors import ErrorType, GatewayError, SessionExpired, UpstreamClosed
 from gateway.events import RequestRecord
 from gateway.lifecycle import ServerRuntime
 from gateway.protocol import Message, error_response
@@ -40,19 +40,14 @@ async def forward(
     error_type: ErrorType | None = None
     upstream_seconds: float | None = None
     try:
-        lease = await gateway.pool.acquire(runtime, session.identity)
         upstream_started = time.perf_counter()
-        broken = False
         try:
-            response = await lease.session.request(
-                message, timeout=runtime.config.request_timeout, downstream=channel, owner=session
-            )
-        except UpstreamClosed:
-            broken = True
-            raise
+            response = await _send(gateway, runtime, session, message, channel)
+        except SessionExpired:
+            # The upstream forgot the session and did not process the request: once more, on a new one.
+            response = await _send(gateway, runtime, session, message, channel)
         finally:
             upstream_seconds = time.perf_counter() - upstream_started
-            gateway.pool.release(runtime, lease, failed=broken)
         if "error" in response:
             error_type = ErrorType.UPSTREAM_ERROR
         elif method == "tools/call" and (response.get("result") or {}).get("isError") is True:
@@ -76,6 +71,23 @@ async def forward(
                 runtime.transport,
             )
         )
+
+
+async def _send(
+    gateway: Gateway, runtime: ServerRuntime, session: ClientSession, message: Message, channel: Downstream | None
+) -> Message:
+    """One exchange on a pooled session; a session whose transport failed is discarded, not returned."""
+    lease = await gateway.pool.acquire(runtime, session.identity)
+    broken = False
+    try:
+        return await lease.session.request(
+            message, timeout=runtime.config.request_timeout, downstream=channel, owner=session
+        )
+    except UpstreamClosed:
+        broken = True
+        raise
+    finally:
+        gateway.pool.release(runtime, lease, failed=broken)
 
 
 def _report_tools(gateway: Gateway, runtime: ServerRuntime, request: Message, response: Message) -> None:

@@ -130,19 +130,20 @@ class UpstreamSession(ABC):
         upstream_id = next(self._ids)
         pending = Pending(asyncio.get_running_loop().create_future(), message["id"], downstream, owner)
         pending.method = message.get("method", "")
+        # What goes upstream is a copy: the caller's message stays as the client sent it (for a retry).
+        outgoing = {**message, "id": upstream_id}
         params = message.get("params")
         if params is not None:
             meta = params.get("_meta")
             if isinstance(meta, dict) and "progressToken" in meta:
                 pending.progress_token = meta["progressToken"]
                 token = f"gw-{upstream_id}"
-                params["_meta"] = {**meta, "progressToken": token}
+                outgoing["params"] = {**params, "_meta": {**meta, "progressToken": token}}
                 self._progress[token] = pending
-        message["id"] = upstream_id
         self._pending[upstream_id] = pending
         try:
             async with asyncio.timeout(timeout):
-                await self._send(message, pending)
+                await self._send(outgoing, pending)
                 response = await pending.future
         except TimeoutError:
             self._spawn(self._cancel_upstream(upstream_id, "request timed out at the gateway"))

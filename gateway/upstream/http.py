@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 
 from gateway.config import HttpServer
-from gateway.errors import GatewayError, UpstreamClosed, UpstreamUnavailable
+from gateway.errors import GatewayError, SessionExpired, UpstreamClosed, UpstreamUnavailable
 from gateway.protocol import Message, dumps
 from gateway.upstream.base import Pending, UpstreamHandler, UpstreamSession
 
@@ -33,11 +33,17 @@ HttpClient = aiohttp.ClientSession
 HttpError = aiohttp.ClientError
 
 
+# Idle connections are closed before the server would close them: a POST sent on a connection the
+# server is closing at that moment fails, and cannot safely be sent again. 4 s is under the 5 s of
+# uvicorn and Node.js, the usual hosts of MCP servers.
+KEEPALIVE_SECONDS = 4.0
+
+
 def make_client() -> HttpClient:
     """One connection pool per upstream server, shared by its sessions."""
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=10.0),
-        connector=aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=30.0),
+        connector=aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=KEEPALIVE_SECONDS),
         auto_decompress=True,
     )
 
@@ -91,8 +97,12 @@ class HttpSession(UpstreamSession):
     async def _read_reply(self, message: Message, response: aiohttp.ClientResponse, pending: Pending | None) -> None:
         status = response.status
         if status == 404 and self.session_id is not None:
+            # Each request in flight on this session gets its own 404, and with it a SessionExpired.
             self._mark_closed("upstream_closed", "the server no longer knows this session (HTTP 404)")
-            raise self._failure("session expired upstream (HTTP 404)", "upstream_closed")
+            raise SessionExpired(
+                f"server {self.server_id!r}: session expired upstream (HTTP 404)",
+                data={"server": self.server_id, "reason": "upstream_closed"},
+            )
         if status == 202 or pending is None and status < 300:
             return
         content_type = response.headers.get("content-type", "")
