@@ -227,11 +227,15 @@ class ServerRuntime:
         self._starting.add_done_callback(_consume)
 
     def _start_failed(self, exc: GatewayError) -> None:
+        """A start that did not finish: counted as a stop (`start_failed`), so a server that never
+        comes up is as visible in `mcp_gateway_server_stops_total` as one that crashes."""
         self.state = ServerState.FAILED
+        self.started_mono = None
         self.last_error = exc.message
         self.last_exit_reason = StopReason.START_FAILED
         self._failures.append(self.clock())
         log.error("server %s failed to start: %s", self.id, exc.message)
+        self.observer.server_stopped(self.id, StopReason.START_FAILED)
 
     def _set_running(self, start_seconds: float) -> None:
         self.state = ServerState.RUNNING

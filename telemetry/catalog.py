@@ -182,7 +182,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         "mcp_gateway_server_stops",
         Kind.COUNTER,
         "",
-        "Upstream server stops, by reason.",
+        "Upstream server stops, by reason; a start that fails is a stop with reason start_failed.",
         ("server_id", "reason"),
         {"reason": STOP_REASONS},
         questions=(

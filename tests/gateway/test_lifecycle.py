@@ -34,6 +34,7 @@ from tests.conftest import (
     misbehaving_server,
     raw_initialize,
     rpc,
+    scrape,
 )
 
 pytestmark = pytest.mark.anyio
@@ -187,6 +188,10 @@ async def test_server_that_exits_at_once_is_refused_after_its_attempts(gateway_f
     retried = gw.post("/servers/dud/restart")  # an operator's retry is one more real attempt
     assert retried.status_code == 502
     assert "exited with code 1" in retried.json()["error"] and retried.json()["server"]["state"] == "failed"
+    metrics = scrape(gw)  # every real attempt is a stop that never was a start
+    assert metrics.total("mcp_gateway_server_stops_total", server_id="dud", reason="start_failed") == 4
+    assert metrics.total("mcp_gateway_server_stops_total", server_id="dud") == 4
+    assert metrics.total("mcp_gateway_server_starts_total", server_id="dud") == 0
 
 
 async def test_missing_command_fails_clearly_and_leaves_the_others_listed(gateway_factory: Any) -> None:
