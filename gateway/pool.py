@@ -120,6 +120,7 @@ class _Server:
     config: PoolConfig
     breaker: Breaker
     leases: dict[str, list[Lease]] = field(default_factory=dict)
+    retiring: set[Lease] = field(default_factory=set)  # evicted, their last requests still running
     pending: dict[str, asyncio.Future[Lease]] = field(default_factory=dict)
     creating: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -304,6 +305,7 @@ class SessionPool:
         if failed or lease.session.closed:
             self._evict(server, lease, "upstream_closed")
         if lease.retiring and lease.idle:  # evicted while in use, now or before: its last request ended
+            server.retiring.discard(lease)
             self._close(lease)
         server.changed.set()
 
@@ -323,6 +325,7 @@ class SessionPool:
         if lease.idle:
             return self._close(lease)
         lease.retiring = True  # requests in flight finish first
+        server.retiring.add(lease)
         return None
 
     def _close(self, lease: Lease) -> asyncio.Future[Any] | None:
@@ -387,13 +390,19 @@ class SessionPool:
         return [lease for server in servers for leases in list(server.leases.values()) for lease in leases]
 
     def all_sessions(self) -> list[UpstreamSession]:
-        return [lease.session for lease in self.leases()]
+        """Every open session, retiring ones included: the drain deadline fails their requests too."""
+        retiring = [lease for server in self._servers.values() for lease in server.retiring]
+        return [lease.session for lease in self.leases() + retiring]
 
     def live_sessions(self, server_id: str, identity: str) -> list[UpstreamSession]:
-        """Open sessions this caller may be using with one server (no hit or miss is counted)."""
+        """Open sessions this caller may be using with one server (no hit or miss is counted).
+
+        Retiring ones count: a request still running on one can be cancelled.
+        """
         server = self._servers[server_id]
         key = self._key(server, identity)
-        return [lease.session for lease in server.leases.get(key, ()) if not lease.session.closed]
+        leases = [*server.leases.get(key, ()), *(lease for lease in server.retiring if lease.identity == key)]
+        return [lease.session for lease in leases if not lease.session.closed]
 
     def occupancy(self) -> list[tuple[str, int, int, int]]:
         """(server id, sessions in use, sessions pooled, breaker state) for every server."""
@@ -423,7 +432,7 @@ class SessionPool:
                     "idle_seconds": round(now - lease.last_used, 3) if lease.idle else 0.0,
                     "protocol_version": lease.session.protocol_version,
                 }
-                for lease in self.leases(server_id)
+                for lease in [*self.leases(server_id), *server.retiring]
             ],
         }
 

@@ -268,7 +268,8 @@ class PoolMachine(RuleBasedStateMachine):
         [(server_id, in_use, size, state)] = self.pool.occupancy()
         described = self.pool.describe(server_id)
         idle = sum(1 for session in described["sessions"] if session["state"] == "idle")
-        assert size == len(pooled) == described["size"] == len(described["sessions"]) <= self.config.max_sessions
+        listed = [session for session in described["sessions"] if session["state"] != "retiring"]
+        assert size == len(pooled) == described["size"] == len(listed) <= self.config.max_sessions
         assert in_use + idle == size
         assert state == ["closed", "half_open", "open"].index(described["breaker"]["state"])
         assert described["breaker"]["state"] != "half_open"  # no probe outlives its acquire
@@ -282,7 +283,12 @@ class PoolMachine(RuleBasedStateMachine):
     @invariant()
     def describe_matches_who_holds_what(self) -> None:
         described = self.pool.describe(self.runtime.id)["sessions"]
-        for lease, session in zip(self.pooled(), described, strict=True):
+        # Evicted sessions still running a request are listed after the pooled ones, until released.
+        retiring = list({id(lease): lease for _, lease in self.held if lease.retiring}.values())
+        pooled, listed_retiring = described[: len(self.pooled())], described[len(self.pooled()) :]
+        assert sorted(s["in_use"] for s in listed_retiring) == sorted(lease.in_use for lease in retiring)
+        assert all(s["state"] == "retiring" and s["in_use"] > 0 for s in listed_retiring)
+        for lease, session in zip(self.pooled(), pooled, strict=True):
             holders = self.holders(lease)
             assert lease.in_use == session["in_use"] == len(holders)
             assert session["state"] == ("in_use" if holders else "idle")

@@ -551,8 +551,12 @@ async def test_manual_eviction_closes_idle_sessions_now_and_busy_ones_when_done(
         assert h.observer.evictions == {"manual": 2}
         assert idle.session.closed and not busy.session.closed
         assert busy.retiring and h.describe()["size"] == 0
+        # Out of the pool, still open and still reachable: listed, and a cancellation would find it.
+        assert [(s["state"], s["in_use"]) for s in h.describe()["sessions"]] == [("retiring", 1)]
+        assert h.pool.live_sessions("srv", "bob") == [busy.session]
         assert await whoami(busy)
         h.release(busy)
+        assert h.describe()["sessions"] == [] and h.pool.live_sessions("srv", "bob") == []
         await assert_ended(http_upstream, idle, busy)
         fresh = await h.acquire("bob")
         assert fresh is not busy and h.counts() == (0, 3)
