@@ -38,16 +38,13 @@ async def forward(
     request_id = message["id"]
     method = message["method"]
     error_type: ErrorType | None = None
-    upstream_seconds: float | None = None
+    upstream_spent: list[float] = []  # per attempt, from the session in hand to the answer
     try:
-        upstream_started = time.perf_counter()
         try:
-            response = await _send(gateway, runtime, session, message, channel)
+            response = await _send(gateway, runtime, session, message, channel, upstream_spent)
         except SessionExpired:
             # The upstream forgot the session and did not process the request: once more, on a new one.
-            response = await _send(gateway, runtime, session, message, channel)
-        finally:
-            upstream_seconds = time.perf_counter() - upstream_started
+            response = await _send(gateway, runtime, session, message, channel, upstream_spent)
         if "error" in response:
             error_type = ErrorType.UPSTREAM_ERROR
         elif method == "tools/call" and (response.get("result") or {}).get("isError") is True:
@@ -59,6 +56,7 @@ async def forward(
         error_type = exc.error_type
         return error_response(request_id, exc.to_error())
     finally:
+        upstream_seconds = sum(upstream_spent) if upstream_spent else None
         gateway.observer.request_finished(
             RequestRecord(
                 runtime.id,
@@ -74,10 +72,17 @@ async def forward(
 
 
 async def _send(
-    gateway: Gateway, runtime: ServerRuntime, session: ClientSession, message: Message, channel: Downstream | None
+    gateway: Gateway,
+    runtime: ServerRuntime,
+    session: ClientSession,
+    message: Message,
+    channel: Downstream | None,
+    spent: list[float],
 ) -> Message:
-    """One exchange on a pooled session; a session whose transport failed is discarded, not returned."""
+    """One exchange on a pooled session, its time appended to `spent`; a session whose transport
+    failed is discarded, not returned."""
     lease = await gateway.pool.acquire(runtime, session.identity)
+    started = time.perf_counter()
     broken = False
     try:
         return await lease.session.request(
@@ -87,6 +92,7 @@ async def _send(
         broken = True
         raise
     finally:
+        spent.append(time.perf_counter() - started)
         gateway.pool.release(runtime, lease, failed=broken)
 
 

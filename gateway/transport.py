@@ -223,7 +223,10 @@ class McpEndpoint:
         if method == "POST":
             await self._post(scope, receive, send, headers, identity, server_id, handler)
         elif method == "GET":
-            await self._get(receive, send, self._session(headers, identity, server_id))
+            session = self._session(headers, identity, server_id)
+            if gateway.draining:
+                raise HttpError(503, "Service Unavailable: the gateway is shutting down; retry on another replica")
+            await self._get(receive, send, session)
         elif method == "DELETE":
             gateway.sessions.end(self._session(headers, identity, server_id))
             await send_body(send, 200, b"", [])

@@ -81,16 +81,20 @@ _NO_EXEMPLARS = View(instrument_name="*", exemplar_reservoir_factory=_no_exempla
 
 
 def build_resource(settings: TelemetrySettings) -> Resource:
-    attributes: dict[str, str] = {
+    """The gateway's resource: defaults for what the environment (`OTEL_RESOURCE_ATTRIBUTES`,
+    `OTEL_SERVICE_NAME`) leaves unset. A replica's stable name, e.g. its pod's, given as
+    `service.instance.id` replaces the random id a process gets otherwise."""
+    defaults = {
+        "service.name": SERVICE_NAME,
         "service.version": settings.service_version,
         "service.instance.id": str(uuid.uuid4()),
-        "mcp_gateway.id": settings.gateway_id,
     }
-    # OTEL_SERVICE_NAME (or service.name in OTEL_RESOURCE_ATTRIBUTES) wins over our default.
-    if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in os.environ.get(
-        "OTEL_RESOURCE_ATTRIBUTES", ""
-    ):
-        attributes["service.name"] = SERVICE_NAME
+    given = {pair.split("=", 1)[0].strip() for pair in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",")}
+    if os.environ.get("OTEL_SERVICE_NAME"):
+        given.add("service.name")
+    attributes = {key: value for key, value in defaults.items() if key not in given}
+    # Always the config's: the gateway_id label of the pool metrics is the same value.
+    attributes["mcp_gateway.id"] = settings.gateway_id
     return Resource.create(attributes)
 
 

@@ -375,19 +375,22 @@ def test_drain_turns_readiness_off_and_refuses_new_requests() -> None:
     """What SIGTERM starts (uvicorn's signal handler calls `begin_drain`), seen in-process: a real
     gateway closes its listener at once, so no new request could reach it to observe this."""
     gateway = AppGateway(parse_config({"servers": {"demo": demo_server()}}))
+    params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "late", "version": "0"}}
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+    accept = {"Accept": "application/json, text/event-stream"}
     with TestClient(create_app(gateway), base_url="http://127.0.0.1") as client:
         assert client.get("/readyz").status_code == 200
+        early = client.post("/mcp", json=initialize, headers=accept)
+        session = {"Mcp-Session-Id": early.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
         gateway.begin_drain()
         readyz = client.get("/readyz")
         assert readyz.status_code == 503 and readyz.json() == {"status": "draining"}
-        params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "late", "version": "0"}}
-        late = client.post(
-            "/mcp",
-            json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params},
-            headers={"Accept": "application/json, text/event-stream"},
-        )
+        late = client.post("/mcp", json=initialize, headers=accept)
         assert late.status_code == 503
         assert late.json()["error"]["data"] == {"reason": "shutdown"}
+        stream = client.get("/mcp", headers={**session, "Accept": "text/event-stream"})  # no new GET stream
+        assert stream.status_code == 503
+        assert "the gateway is shutting down" in stream.json()["error"]["message"]
 
 
 # -- what a stdio child sees and says ---------------------------------------------------------------

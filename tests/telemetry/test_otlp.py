@@ -144,7 +144,8 @@ def otlp_env(agent: Rotel, protocol: str, interval_ms: int) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": agent.endpoint(protocol),
         "OTEL_METRIC_EXPORT_INTERVAL": str(interval_ms),
         "OTEL_SERVICE_NAME": SERVICE_NAME,
-        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
+        # A replica names itself (Kubernetes: the pod's name through the downward API).
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test,service.instance.id=replica-a",
     }
 
 
@@ -242,7 +243,7 @@ async def test_otlp_push_matches_metrics_page(
     assert resource["service.name"] == SERVICE_NAME
     assert resource["deployment.environment"] == "test"
     assert resource["mcp_gateway.id"] == "test-gw"
-    assert resource["service.instance.id"]
+    assert resource["service.instance.id"] == "replica-a"
     target_info = [dict(labels) for (name, labels) in scrape(gw).samples if name == "target_info"]
     assert target_info == [dict(_prom_attrs(frozenset(resource.items())))]
 
