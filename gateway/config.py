@@ -163,7 +163,9 @@ class TelemetryConfig(_Model):
     enabled: bool = True
     semconv: bool = Field(True, description="the OpenTelemetry MCP semantic-convention histograms")
     scope_labels: bool = Field(False, description="otel_scope_* labels on every Prometheus series")
-    cardinality_limit: int = Field(2000, gt=0, description="label sets per instrument before folding into other")
+    cardinality_limit: int = Field(
+        2000, gt=0, description="(server, tool) and (server, prompt) label pairs; more count as other"
+    )
     metrics_port: int | None = Field(None, ge=0, le=65535, description="also serve /metrics on this port")
     http_metrics: bool = Field(
         False,

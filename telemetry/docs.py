@@ -15,7 +15,9 @@ _HEADER = """\
 Every family the gateway exposes on `/metrics` (and pushes over OTLP under its instrument name).
 Label values are bounded: `server_id` comes from the config, `method` from the closed list of MCP
 methods (anything else is `other`), `tool_name` from the tools each server advertised (anything
-else is `unknown`), `error_type` and `reason` from the closed sets below. Pool metrics carry
+else is `unknown`), `gen_ai_prompt_name` from the prompts a server answered for (a failed get is
+`unknown`), `error_type` and `reason` from the closed sets below. Past `telemetry.cardinality_limit`
+distinct (server, tool) or (server, prompt) pairs, new names count as `other`. Pool metrics carry
 `gateway_id` (the configured `gateway.id`). The resource (service name, version, instance id,
 gateway id) is on `target_info`.
 

@@ -104,6 +104,7 @@ class Recorder:
         self._evictions: dict[tuple[str, str], int] = defaultdict(int)
         self._health_failures: dict[str, int] = defaultdict(int)
         self._advertised: dict[str, frozenset[str]] = {}
+        self._prompts: set[tuple[str, str]] = set()  # (server, prompt) pairs that became label values
         self._attrs: dict[tuple[Any, ...], dict[str, str]] = {}
         self._processes: dict[int, psutil.Process] = {}
 
@@ -185,9 +186,7 @@ class Recorder:
             self._record_semconv(record, method, tool, error)
 
     def _record_semconv(self, record: RequestFacts, method: str, tool: str | None, error: str | None) -> None:
-        prompt = record.target if method == "prompts/get" else None
-        if prompt is not None:
-            prompt = self._tool_label(record.server_id, prompt, prompts=True)
+        prompt = self._prompt_label(record.server_id, record.target, error) if method == "prompts/get" else None
         key = ("op", method, tool, prompt, error, record.protocol_version, record.upstream_transport)
         attrs = self._attrs.get(key)
         if attrs is None:
@@ -258,12 +257,24 @@ class Recorder:
 
     # -- bounding label values -----------------------------------------------------------------
 
-    def _tool_label(self, server_id: str, name: str | None, prompts: bool = False) -> str:
+    def _tool_label(self, server_id: str, name: str | None) -> str:
         if name is None:
             return UNKNOWN_TOOL
-        if prompts:
-            return name if len(name) <= 128 else UNKNOWN_TOOL
         return name if name in self._advertised.get(server_id, ()) else UNKNOWN_TOOL
+
+    def _prompt_label(self, server_id: str | None, name: str | None, error: str | None) -> str:
+        """A prompt the server answered for; a failed get names none the server has ("unknown").
+
+        A server that answers any name cannot grow the series past `cardinality_limit` prompts ("other").
+        """
+        if name is None or error is not None or len(name) > 128:
+            return UNKNOWN_TOOL
+        key = (server_id or GATEWAY_SERVER, name)
+        if key not in self._prompts:
+            if len(self._prompts) >= self.limit:
+                return OTHER
+            self._prompts.add(key)
+        return name
 
     def _count_bounded(self, counts: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
         if key not in counts and len(counts) >= self.limit:

@@ -30,7 +30,7 @@ class TelemetrySettings:
     service_version: str = "0"
     semconv: bool = True  # the MCP semantic-convention histograms
     scope_labels: bool = False  # otel_scope_* labels on every Prometheus series
-    cardinality_limit: int = 2000  # distinct label sets per instrument before values fold into "other"
+    cardinality_limit: int = 2000  # (server, tool) and (server, prompt) label pairs; more count as "other"
     otlp: OtlpSettings | None = None
 
 

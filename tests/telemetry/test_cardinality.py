@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-from tests.conftest import misbehaving_server, raw_initialize, scrape
+from gateway.events import RequestRecord
+from telemetry.exposition import render
+from telemetry.provider import build_pipeline
+from telemetry.recorder import PoolSample, Recorder, ServerSample
+from telemetry.settings import TelemetrySettings
+from tests.conftest import Metrics, demo_server, misbehaving_server, parse_metrics, raw_initialize, scrape
 
 pytestmark = pytest.mark.anyio
 
@@ -54,3 +61,67 @@ async def test_ten_thousand_random_tool_names_add_at_most_one_series(gateway_fac
     assert "random-" not in after.text
     # Every label set on the page is few: at most the servers x methods x error types the catalog allows.
     assert len(after.samples) < 1000, len(after.samples)
+
+
+PROMPTS = 500
+OPERATIONS = ("mcp_server_operation_duration_seconds_count", "mcp_client_operation_duration_seconds_count")
+
+
+def _prompt_labels(metrics: Metrics) -> Counter[str]:
+    """The gen_ai_prompt_name values of the semantic-convention histograms, with their count of series."""
+    return Counter(
+        dict(labels)["gen_ai_prompt_name"]
+        for name, labels in metrics.samples
+        if name in OPERATIONS and "gen_ai_prompt_name" in dict(labels)
+    )
+
+
+async def test_random_prompt_names_add_no_series(gateway_factory: Any) -> None:
+    """prompts/get names come from the client; only the ones the server answers become label values."""
+    gw = gateway_factory({"demo": demo_server(lazy=False)})
+    session_id = raw_initialize(gw, "/servers/demo/mcp")
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Mcp-Session-Id": session_id,
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    names = [f"random-prompt-{n}" for n in range(PROMPTS)] + ["greet"]
+    with anyio.fail_after(120):
+        async with httpx.AsyncClient(timeout=30) as client:
+            for n, name in enumerate(names):
+                params = {"name": name, "arguments": {"name": "Ada"}}
+                body = {"jsonrpc": "2.0", "id": n, "method": "prompts/get", "params": params}
+                response = await client.post(gw.url("demo"), json=body, headers=headers)
+                assert response.status_code == 200 and response.json()["id"] == n, response.text
+                assert ("error" in response.json()) == (name != "greet"), response.text
+
+    metrics = scrape(gw)
+    # Two histograms (gateway side, upstream side), one series each per prompt label.
+    assert _prompt_labels(metrics) == {"unknown": 2, "greet": 2}
+    assert "random-prompt" not in metrics.text
+
+
+def test_prompts_past_the_cardinality_limit_fold_into_other() -> None:
+    """A server that answers any prompt name cannot grow the series past `cardinality_limit`."""
+    settings = TelemetrySettings(gateway_id="gw", cardinality_limit=3)
+    pipeline = build_pipeline(settings)
+    recorder = Recorder(pipeline.provider.get_meter("test"), settings, _NoFleet())
+    for n in range(10):
+        facts = RequestRecord("any", "prompts/get", f"prompt-{n}", 0.01, None, 0.005, "2025-11-25", "stdio")
+        recorder.request_finished(facts)
+    recorder.request_finished(RequestRecord("any", "prompts/get", "prompt-0", 0.01, None, 0.005, "2025-11-25", "stdio"))
+    body, _ = render(pipeline.prometheus)
+    counts = {
+        dict(labels)["gen_ai_prompt_name"]: value
+        for (name, labels), value in parse_metrics(body.decode()).samples.items()
+        if name == OPERATIONS[0]
+    }
+    assert counts == {"prompt-0": 2, "prompt-1": 1, "prompt-2": 1, "other": 7}
+
+
+class _NoFleet:
+    def server_samples(self) -> Iterable[ServerSample]:
+        return []
+
+    def pool_samples(self) -> Iterable[PoolSample]:
+        return []
