@@ -37,13 +37,13 @@ test: install tools
 	@tail -n 1 .pytest-output  # the test count, last, where CI reads it
 
 lint: install
-	$(PY) -m ruff check gateway telemetry tests bench
-	$(PY) -m ruff format --check gateway telemetry tests bench
+	$(PY) -m ruff check gateway telemetry tests bench deploy
+	$(PY) -m ruff format --check gateway telemetry tests bench deploy
 	$(PY) -m mypy
 
 format: install
-	$(PY) -m ruff format gateway telemetry tests bench
-	$(PY) -m ruff check --fix gateway telemetry tests bench
+	$(PY) -m ruff format gateway telemetry tests bench deploy
+	$(PY) -m ruff check --fix gateway telemetry tests bench deploy
 
 bench: install
 	$(PY) bench/overhead.py

