@@ -254,12 +254,15 @@ def http_upstream() -> Iterator[Upstream]:
 
 @contextlib.asynccontextmanager
 async def mcp_session(
-    url: str, headers: dict[str, str] | None = None, **callbacks: Any
+    url: str, headers: dict[str, str] | None = None, transport: Any = None, **callbacks: Any
 ) -> AsyncIterator[ClientSession]:
-    """The official MCP client, initialized against `url`; `callbacks` go to `ClientSession`."""
+    """The official MCP client, initialized against `url`; `callbacks` go to `ClientSession`.
+
+    `transport` (an httpx2 transport) stands between the client and the network, e.g. a balancer.
+    """
     import httpx2
 
-    client = httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(30.0, read=120.0))
+    client = httpx2.AsyncClient(headers=headers or {}, transport=transport, timeout=httpx2.Timeout(30.0, read=120.0))
     async with (
         client,
         streamable_http_client(url, http_client=client) as (read, write),

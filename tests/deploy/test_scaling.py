@@ -12,16 +12,13 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.conftest import (
@@ -227,31 +224,17 @@ class _Balancer(httpx2.AsyncBaseTransport):
         await self._wire.aclose()
 
 
-@asynccontextmanager
-async def _session_via(balancer: _Balancer, path: str) -> AsyncIterator[ClientSession]:
-    """The official MCP client, initialized through `balancer`."""
-    url = balancer.target.base + path
-    client = httpx2.AsyncClient(transport=balancer, timeout=httpx2.Timeout(30.0, read=120.0))
-    async with (
-        client,
-        streamable_http_client(url, http_client=client) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
-
-
 @pytest.mark.anyio
 async def test_the_official_client_moved_to_another_replica_must_initialize_again(replicas: list[Gateway]) -> None:
     balancer = _Balancer(replicas[0])
     path = f"/servers/{SERVERS[0]}/mcp"
     with anyio.fail_after(60):
-        async with _session_via(balancer, path) as session:
+        async with mcp_session(balancer.target.base + path, transport=balancer) as session:
             assert (await session.call_tool("echo", {"text": "one"})).content[0].text == "one"  # type: ignore[union-attr]
             balancer.target = replicas[1]  # the replica went away, or routing was not sticky
             # The SDK does not initialize again by itself: the call fails with the gateway's message.
             with pytest.raises(MCPError) as lost:
                 await session.call_tool("echo", {"text": "two"})
             assert (lost.value.code, lost.value.message) == (-32600, SESSION_NOT_FOUND)
-        async with _session_via(balancer, path) as session:
+        async with mcp_session(balancer.target.base + path, transport=balancer) as session:
             assert (await session.call_tool("echo", {"text": "three"})).content[0].text == "three"  # type: ignore[union-attr]
