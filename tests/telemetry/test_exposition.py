@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 from collections import Counter
 from collections.abc import Iterable
@@ -122,3 +123,19 @@ def test_family_names() -> None:
     assert family_name("http.server.request.duration", "s", False) == "http_server_request_duration_seconds"
     assert family_name("some.bytes", "By", False) == "some_bytes"
     assert family_name("queue.depth", "{item}", False) == "queue_depth"
+
+
+def test_render_holds_garbage_collection_off_only_while_it_runs() -> None:
+    pipeline, _ = _pipeline()
+    seen: list[bool] = []
+    pipeline.provider.get_meter("probe").create_observable_gauge(
+        "probe", [lambda options: seen.append(gc.isenabled()) or []]
+    )
+    render(pipeline.prometheus)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        render(pipeline.prometheus)
+        assert not gc.isenabled()  # an application's own choice is left as it was
+    finally:
+        gc.enable()
