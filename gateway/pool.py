@@ -181,7 +181,9 @@ class SessionPool:
                 await asyncio.shield(pending)
                 continue
             per_key = 1 if server.stdio else config.max_sessions_per_key  # a stdio server has one process
-            if len(server.leases.get(key, ())) < per_key and self._make_room(server):
+            if len(server.leases.get(key, ())) < per_key and self._has_room(server):
+                self._admit(server)  # before anything is evicted for it: an open breaker fails fast
+                self._evict_for_room(server)
                 creation = asyncio.ensure_future(self._create(server, key))
                 server.pending[key] = creation
                 try:
@@ -254,24 +256,30 @@ class SessionPool:
             self._open_breaker(server)
         return False
 
-    def _make_room(self, server: _Server) -> bool:
-        """True when one more session fits the server's maximum, after evicting the LRU idle one if need be."""
-        if server.size < server.config.max_sessions:
-            return True
+    def _has_room(self, server: _Server) -> bool:
+        """Could one more session fit the server's maximum, if need be by evicting an idle one?"""
+        return server.size < server.config.max_sessions or self._least_recently_used(server) is not None
+
+    def _evict_for_room(self, server: _Server) -> None:
+        if server.size >= server.config.max_sessions and (victim := self._least_recently_used(server)) is not None:
+            self._evict(server, victim, "capacity")
+
+    @staticmethod
+    def _least_recently_used(server: _Server) -> Lease | None:
         idle = [lease for leases in server.leases.values() for lease in leases if lease.idle]
-        if not idle:
-            return False
-        self._evict(server, min(idle, key=lambda lease: lease.last_used), "capacity")
-        return True
+        return min(idle, key=lambda lease: lease.last_used) if idle else None
+
+    def _admit(self, server: _Server) -> None:
+        """May a session be created now? In half-open state this one creation is the probe."""
+        if not server.breaker.admit(self.clock()):
+            raise CircuitOpen(
+                f"server {server.runtime.id!r} is failing: its circuit breaker is open for "
+                f"{server.config.cooldown:g}s after {server.breaker.failures} failures",
+                data={"server": server.runtime.id, "reason": "circuit_open"},
+            )
 
     async def _create(self, server: _Server, key: str) -> Lease:
         runtime = server.runtime
-        if not server.breaker.admit(self.clock()):
-            raise CircuitOpen(
-                f"server {runtime.id!r} is failing: its circuit breaker is open for "
-                f"{server.config.cooldown:g}s after {server.breaker.failures} failures",
-                data={"server": runtime.id, "reason": "circuit_open"},
-            )
         server.creating += 1
         try:
             session = await runtime.open_session()

@@ -494,6 +494,38 @@ async def test_an_http_breaker_evicts_idle_sessions_and_closes_on_a_successful_p
         upstream.stop()
 
 
+async def test_a_caller_refused_by_the_breaker_evicts_no_one_for_room() -> None:
+    """At max_sessions, a caller the breaker turns away must not first evict an idle session."""
+    clock = FakeClock()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    upstream = start_http_upstream("--port", str(port))
+    try:
+        async with pooled(http(url, max_sessions=2, failure_threshold=1, cooldown=30), clock) as h:
+            alice = await h.acquire("alice")  # busy while the breaker opens, so it stays pooled
+            upstream.stop()
+            with pytest.raises(UpstreamUnavailable):
+                await h.acquire("bob")
+            assert h.describe()["breaker"]["state"] == "open"
+            upstream = start_http_upstream("--port", str(port))
+            h.release(alice)  # idle now, and the only pooled session
+
+            clock.advance(30)
+            os.kill(upstream.proc.pid, signal.SIGSTOP)  # holds carol's probe in flight: the pool is full
+            try:
+                probe = asyncio.ensure_future(h.acquire("carol"))
+                await eventually(lambda: h.describe()["breaker"]["state"] == "half_open", what="the probe to start")
+                with pytest.raises(CircuitOpen):
+                    await h.acquire("dave")
+                assert not h.observer.evictions and not alice.session.closed
+            finally:
+                os.kill(upstream.proc.pid, signal.SIGCONT)
+            h.release(await probe)
+            assert await h.touch("alice") is alice
+    finally:
+        upstream.stop()
+
+
 # -- capacity and waiting ----------------------------------------------------------------------------
 
 
