@@ -15,18 +15,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
 import psutil
 import pytest
 import yaml
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -347,3 +349,63 @@ def scrape(gw: Gateway, **headers: str) -> Metrics:
     response = gw.get("/metrics", **({"headers": headers} if headers else {}))
     assert response.status_code == 200, response.text
     return parse_metrics(response.text)
+
+
+# -- shared by several test modules ------------------------------------------------------------------
+
+FAST_RESTART = {"backoff_initial": 0.05, "backoff_max": 0.2}
+
+
+async def call_outcome(call: Awaitable[Any], outcome: dict[str, Any]) -> None:
+    try:
+        outcome["result"] = await call
+    except MCPError as exc:
+        outcome["error"] = exc
+
+
+def initialize_error(gw: Gateway, server: str) -> dict[str, Any]:
+    """The JSON-RPC error of a raw initialize on one server's endpoint, which must fail."""
+    params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+    response = rpc(gw, f"/servers/{server}/mcp", {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params})
+    assert response.status_code == 200, response.text
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+SLEEP_ID = 7
+
+
+async def while_sleeping(gw: Gateway, calls: list[tuple[str, str]], check: Callable[[], Awaitable[None]]) -> None:
+    """Run `check` while `sleep` calls are in flight, then cancel them with `notifications/cancelled`.
+
+    `calls` are (endpoint path, tool name) pairs, each on a client session of its own (the gateway's
+    first token: A's). Raw HTTP rather than the SDK client: an SDK session that exits while the
+    answer to a request it cancelled is on its way fails in its own teardown.
+    """
+    opened = [(path, raw_initialize(gw, path), tool) for path, tool in calls]
+    answers: list[dict[str, Any]] = []
+
+    def sleep(path: str, session_id: str, tool: str) -> None:
+        call = {"name": tool, "arguments": {"seconds": 60}}
+        response = rpc(gw, path, {"jsonrpc": "2.0", "id": SLEEP_ID, "method": "tools/call", "params": call}, session_id)
+        assert response.status_code == 200, response.text
+        answers.append(answer(response))
+
+    async with anyio.create_task_group() as group:
+        for path, session_id, tool in opened:
+            group.start_soon(anyio.to_thread.run_sync, sleep, path, session_id, tool)
+        await check()
+        for path, session_id, _ in opened:
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": SLEEP_ID}}
+            assert rpc(gw, path, cancel, session_id).status_code == 202
+    assert [answer["error"]["data"]["reason"] for answer in answers] == ["cancelled"] * len(calls), answers
+
+
+def answer(response: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC answer of a POST, sent as JSON or as the last event of an SSE stream."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        data = [line[5:] for line in response.text.splitlines() if line.startswith("data:")]
+        answer: dict[str, Any] = json.loads(data[-1])
+    else:
+        answer = response.json()
+    return answer

@@ -27,9 +27,11 @@ from mcp.shared.exceptions import MCPError
 
 from telemetry.catalog import METRICS
 from tests.conftest import (
+    FAST_RESTART,
     REPO,
     Gateway,
     Upstream,
+    call_outcome,
     demo_server,
     eventually,
     mcp_session,
@@ -38,7 +40,6 @@ from tests.conftest import (
     stop_gateway,
     wait_for,
 )
-from tests.gateway.test_lifecycle import FAST_RESTART, call_outcome
 from tests.telemetry.prometheus import Prometheus, run_prometheus
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "mcp-gateway.json"

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -25,21 +24,21 @@ from gateway.app import Gateway as AppGateway
 from gateway.app import create_app
 from gateway.config import parse_config
 from tests.conftest import (
+    FAST_RESTART,
     PY,
     Gateway,
+    call_outcome,
     demo_server,
     demo_with_helper,
     eventually,
+    initialize_error,
     mcp_session,
     misbehaving_server,
     raw_initialize,
-    rpc,
     scrape,
 )
 
 pytestmark = pytest.mark.anyio
-
-FAST_RESTART = {"backoff_initial": 0.05, "backoff_max": 0.2}
 
 
 def _text(result: Any) -> str:
@@ -89,22 +88,6 @@ def survivors(procs: list[psutil.Process], timeout: float = 15.0) -> list[psutil
 async def stop_gateway(gw: Gateway) -> None:
     """SIGTERM the gateway and wait for it to exit, without blocking the clients' event loop."""
     await anyio.to_thread.run_sync(gw.stop)
-
-
-async def call_outcome(call: Awaitable[Any], outcome: dict[str, Any]) -> None:
-    try:
-        outcome["result"] = await call
-    except MCPError as exc:
-        outcome["error"] = exc
-
-
-def initialize_error(gw: Gateway, server: str) -> dict[str, Any]:
-    """The JSON-RPC error of a raw initialize on one server's endpoint, which must fail."""
-    params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
-    response = rpc(gw, f"/servers/{server}/mcp", {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params})
-    assert response.status_code == 200, response.text
-    error: dict[str, Any] = response.json()["error"]
-    return error
 
 
 # -- crashes and restarts ------------------------------------------------------------------------

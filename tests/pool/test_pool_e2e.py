@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,14 +30,13 @@ from tests.conftest import (
     Metrics,
     Upstream,
     demo_server,
+    initialize_error,
     mcp_session,
-    raw_initialize,
-    rpc,
     scrape,
     start_http_upstream,
     wait_for,
+    while_sleeping,
 )
-from tests.gateway.test_lifecycle import initialize_error
 from tests.telemetry.prometheus import Prometheus, run_prometheus
 
 pytestmark = pytest.mark.anyio
@@ -146,45 +145,6 @@ async def test_identities_never_share_an_upstream_session_and_one_identity_multi
     assert pool(metrics, "hits_total", REMOTE) == acquisitions - 2
     assert acquisitions >= 26 + 4 + 6  # the calls, the sleeps, the initializes; and the clients' tools/list
     assert pool(metrics, "size", REMOTE) == 2
-
-
-SLEEP_ID = 7
-
-
-async def while_sleeping(gw: Gateway, calls: list[tuple[str, str]], check: Callable[[], Awaitable[None]]) -> None:
-    """Run `check` while `sleep` calls are in flight, then cancel them with `notifications/cancelled`.
-
-    `calls` are (endpoint path, tool name) pairs, each on a client session of its own (the gateway's
-    first token: A's). Raw HTTP rather than the SDK client: an SDK session that exits while the
-    answer to a request it cancelled is on its way fails in its own teardown.
-    """
-    opened = [(path, raw_initialize(gw, path), tool) for path, tool in calls]
-    answers: list[dict[str, Any]] = []
-
-    def sleep(path: str, session_id: str, tool: str) -> None:
-        call = {"name": tool, "arguments": {"seconds": 60}}
-        response = rpc(gw, path, {"jsonrpc": "2.0", "id": SLEEP_ID, "method": "tools/call", "params": call}, session_id)
-        assert response.status_code == 200, response.text
-        answers.append(_answer(response))
-
-    async with anyio.create_task_group() as group:
-        for path, session_id, tool in opened:
-            group.start_soon(anyio.to_thread.run_sync, sleep, path, session_id, tool)
-        await check()
-        for path, session_id, _ in opened:
-            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": SLEEP_ID}}
-            assert rpc(gw, path, cancel, session_id).status_code == 202
-    assert [answer["error"]["data"]["reason"] for answer in answers] == ["cancelled"] * len(calls), answers
-
-
-def _answer(response: httpx.Response) -> dict[str, Any]:
-    """The JSON-RPC answer of a POST, sent as JSON or as the last event of an SSE stream."""
-    if response.headers["content-type"].startswith("text/event-stream"):
-        data = [line[5:] for line in response.text.splitlines() if line.startswith("data:")]
-        answer: dict[str, Any] = json.loads(data[-1])
-    else:
-        answer = response.json()
-    return answer
 
 
 def _in_use(gw: Gateway, token: str) -> list[int]:

@@ -30,12 +30,10 @@ from gateway.errors import CircuitOpen, ErrorType, PoolExhausted, UpstreamClosed
 from gateway.lifecycle import ServerRuntime
 from gateway.pool import Lease, SessionPool
 from gateway.upstream.http import HttpSession
-from tests.conftest import Upstream, eventually, free_port, misbehaving_server, start_http_upstream
+from tests.conftest import FAST_RESTART, Upstream, eventually, free_port, misbehaving_server, start_http_upstream
 from tests.pool.support import FakeClock, RecordingObserver
 
 pytestmark = pytest.mark.anyio
-
-FAST_RESTART = {"backoff_initial": 0.05, "backoff_max": 0.2}
 
 
 @dataclass

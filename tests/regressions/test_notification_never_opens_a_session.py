@@ -22,8 +22,8 @@ from tests.conftest import (
     scrape,
     start_http_upstream,
     wait_for,
+    while_sleeping,
 )
-from tests.pool.test_pool_e2e import while_sleeping
 
 pytestmark = pytest.mark.anyio
 
