@@ -75,7 +75,7 @@ def start_http_upstream() -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{line.split()[1]}/mcp"
 
 
-def start_gateway(upstream_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(upstream_url: str, workdir: Path, loop: str = "auto") -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = {
         "gateway": {"id": "bench", "port": port},
@@ -84,11 +84,11 @@ def start_gateway(upstream_url: str, workdir: Path) -> tuple[subprocess.Popen[by
             "demo": {"command": PY, "args": ["-m", "gateway.demo_server"], "lazy": False},
         },
     }
-    path = workdir / "gateway.yaml"
+    path = workdir / f"gateway-{loop}.yaml"
     path.write_text(yaml.safe_dump(config))
-    log = (workdir / "gateway.log").open("wb")
+    log = (workdir / f"gateway-{loop}.log").open("wb")
     proc = subprocess.Popen(
-        [PY, "-m", "gateway", "serve", "--config", str(path), "--log-level", "warning"],
+        [PY, "-m", "gateway", "serve", "--config", str(path), "--log-level", "warning", "--loop", loop],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,
@@ -191,12 +191,16 @@ async def run_arm(
 async def bench(calls: int, concurrencies: list[int], rounds: int) -> list[Result]:
     upstream, upstream_url = start_http_upstream()
     workdir = Path(tempfile.mkdtemp(prefix="mcp-gateway-bench-"))
+    # The gateway as it runs by default (uvloop), and on the standard library's loop.
     gateway, base = start_gateway(upstream_url, workdir)
+    stdlib, stdlib_base = start_gateway(upstream_url, workdir, "asyncio")
     arms: list[tuple[str, Connect, str, int | None]] = [
         ("http direct", http_connect(upstream_url), "echo", None),
         ("http via gateway", http_connect(f"{base}/servers/remote/mcp"), "echo", gateway.pid),
+        ("http via gw/asyncio", http_connect(f"{stdlib_base}/servers/remote/mcp"), "echo", stdlib.pid),
         ("stdio direct", stdio_connect(), "echo", None),
         ("stdio via gateway", http_connect(f"{base}/servers/demo/mcp"), "echo", gateway.pid),
+        ("stdio via gw/asyncio", http_connect(f"{stdlib_base}/servers/demo/mcp"), "echo", stdlib.pid),
     ]
     results: list[Result] = []
     try:
@@ -206,7 +210,7 @@ async def bench(calls: int, concurrencies: list[int], rounds: int) -> list[Resul
                 for arm, connect, tool, pid in arms:
                     results.append(await run_arm(arm, connect, tool, concurrency, calls, pid))
     finally:
-        for proc in (gateway, upstream):
+        for proc in (gateway, stdlib, upstream):
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
     return results
@@ -239,7 +243,7 @@ def summarize(results: list[Result]) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'arm':<18} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'calls/s':>8} {'ratio':>6}"
+        f"{'arm':<20} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'calls/s':>8} {'ratio':>6}"
         f" {'gw CPU ms/call':>15}"
     )
     print(header)
@@ -247,7 +251,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         cpu = row["gateway_cpu_ms_per_call"]
         print(
-            f"{row['arm']:<18} {row['concurrency']:>4} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
+            f"{row['arm']:<20} {row['concurrency']:>4} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
             f"{row['added_p50_ms']:>8.3f} {row['calls_per_s']:>8.0f} {row['throughput_ratio']:>6.2f} "
             f"{'' if cpu is None else f'{cpu:.3f}':>15}"
         )

@@ -157,8 +157,10 @@ def start_gateway(
     gateway: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
+    args: tuple[str, ...] = (),
 ) -> Gateway:
-    """A gateway process; `extra` holds further top-level config sections (e.g. `telemetry:`)."""
+    """A gateway process; `extra` holds further top-level config sections (e.g. `telemetry:`), `args`
+    further `serve` options."""
     port = free_port()
     config = {**(extra or {}), "gateway": {"id": "test-gw", "port": port, **(gateway or {})}, "servers": servers}
     config_path = tmp_path / f"gateway-{port}.yaml"
@@ -166,7 +168,7 @@ def start_gateway(
     log_path = tmp_path / f"gateway-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [PY, "-m", "gateway", "serve", "--config", str(config_path), "--log-level", "debug"],
+            [PY, "-m", "gateway", "serve", "--config", str(config_path), "--log-level", "debug", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,

@@ -23,6 +23,7 @@ from gateway.config import StdioServer
 from gateway.errors import UpstreamClosed, UpstreamUnavailable
 from gateway.protocol import Message, dumps
 from gateway.upstream.base import Pending, UpstreamHandler, UpstreamSession
+from gateway.upstream.child import Child
 
 log = logging.getLogger(__name__)
 stderr_log = logging.getLogger("gateway.upstream.stderr")
@@ -48,7 +49,7 @@ class StdioSession(UpstreamSession):
     def __init__(self, server_id: str, config: StdioServer, handler: UpstreamHandler | None = None) -> None:
         super().__init__(server_id, handler)
         self.config = config
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: Child | None = None
         self._readers: list[asyncio.Task[None]] = []
         self.exit_code: int | None = None
 
@@ -59,17 +60,12 @@ class StdioSession(UpstreamSession):
     async def start(self, timeout: float) -> None:
         """Spawn the process and complete the MCP handshake within `timeout` seconds."""
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self.config.command,
-                *self.config.args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            self._proc = await Child.spawn(
+                [self.config.command, *self.config.args],
                 env=child_environment(self.config),
                 cwd=self.config.cwd,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
                 limit=MAX_LINE,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             self._mark_closed("unavailable", f"cannot start {self.config.command!r}: {exc.strerror or exc}")
@@ -85,7 +81,7 @@ class StdioSession(UpstreamSession):
 
     async def _send(self, message: Message, pending: Pending | None) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None or self.closed:
+        if proc is None or self.closed:
             raise UpstreamClosed(
                 f"server {self.server_id!r} is not running", data={"server": self.server_id, "reason": "not_running"}
             )
@@ -100,7 +96,7 @@ class StdioSession(UpstreamSession):
             ) from None
 
     async def _read_stdout(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._proc is not None
         stdout = self._proc.stdout
         detail = "end of output"
         while True:
@@ -137,11 +133,12 @@ class StdioSession(UpstreamSession):
                 code = await self._proc.wait()
         self.exit_code = code
         self._kill_group()  # what the server started goes with it, whether it was asked to stop or not
+        self._proc.close()
         if not self.closed:
             self._mark_closed("crash", f"{detail}; process exited with code {code}")
 
     async def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
+        assert self._proc is not None
         while True:
             try:
                 line = await self._proc.stderr.readline()
@@ -171,9 +168,8 @@ class StdioSession(UpstreamSession):
         proc = self._proc
         if proc is None:
             return
-        if proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                proc.stdin.close()
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
             if sig is not None:
                 self._signal_group(sig)
@@ -185,4 +181,5 @@ class StdioSession(UpstreamSession):
         self._kill_group()
         for task in self._readers:
             task.cancel()
+        proc.close()
         self.exit_code = proc.returncode

@@ -20,7 +20,14 @@ def _run(script: str, out: Path) -> dict:  # type: ignore[type-arg]
 def test_overhead_benchmark_runs(tmp_path: Path) -> None:
     result = _run("overhead.py", tmp_path / "overhead.json")
     arms = {row["arm"] for row in result["summary"]}
-    assert arms == {"http direct", "http via gateway", "stdio direct", "stdio via gateway"}
+    assert arms == {
+        "http direct",
+        "http via gateway",
+        "http via gw/asyncio",
+        "stdio direct",
+        "stdio via gateway",
+        "stdio via gw/asyncio",
+    }
     via = [row for row in result["summary"] if "gateway" in row["arm"]]
     assert all(row["calls_per_s"] > 0 and row["gateway_cpu_ms_per_call"] is not None for row in via)
     assert result["machine"]["cpus"]

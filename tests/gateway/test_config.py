@@ -6,14 +6,17 @@ the CLI turns it into a non-zero exit with that message and no traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from gateway.cli import loop_factory
 from gateway.config import ConfigError, HttpServer, StdioServer, load_config, parse_config
 from tests.conftest import PY, REPO, demo_server, free_port
 
@@ -245,3 +248,14 @@ def test_web_concurrency_is_reported_as_ignored_and_the_gateway_runs_as_one_proc
     assert "WEB_CONCURRENCY=4 is ignored: mcp-gateway runs one process per replica" in gw.log()
     # One gateway process: its only children are the demo server's.
     assert all("gateway.demo_server" in " ".join(child.cmdline()) for child in gw.children()), gw.children()
+
+
+def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvloop
+
+    assert loop_factory("auto") is uvloop.new_event_loop  # installed with uvicorn[standard]
+    assert loop_factory("asyncio") is asyncio.new_event_loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as where it is not installed
+    assert loop_factory("auto") is asyncio.new_event_loop
+    with pytest.raises(ConfigError, match=r"^--loop uvloop: uvloop is not installed$"):
+        loop_factory("uvloop")

@@ -2,6 +2,9 @@
 
 The gateway used to wait on the process for ever: calls in flight hung until their timeout and the
 server was never restarted. Now EOF on stdout gives it a moment to exit, then kills it.
+
+On uvloop, asyncio's subprocess support left duplicates of the child's stdout open in the child, so
+EOF never came until it exited: children are spawned by `Popen` now, and this runs on both loops.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from tests.conftest import mcp_session, misbehaving_server, wait_for
 pytestmark = pytest.mark.anyio
 
 
-async def test_closed_stdout_fails_the_call_and_restarts_the_server(gateway_factory: Any) -> None:
-    gw = gateway_factory({"odd": misbehaving_server(lazy=False, request_timeout=120)})
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_closed_stdout_fails_the_call_and_restarts_the_server(gateway_factory: Any, loop: str) -> None:
+    gw = gateway_factory({"odd": misbehaving_server(lazy=False, request_timeout=120)}, args=("--loop", loop))
+    assert f"event loop: {loop}" in gw.log()
     first_pid = gw.server("odd")["pid"]
     async with mcp_session(gw.url("odd")) as session:
         with anyio.fail_after(60), pytest.raises(MCPError) as failed:  # far below the request timeout
