@@ -84,7 +84,8 @@ class Child:
         return await asyncio.shield(self._exit)
 
     def close(self) -> None:
-        """Close the gateway's ends of the pipes (the process itself is its owner's to stop)."""
+        """Close the gateway's ends of the pipes, unread output and all (the process is its owner's
+        to stop). Pipes still open at the child's exit also close themselves once read to the end."""
         self.stdin.close()
         for transport in self._readers:
             transport.close()

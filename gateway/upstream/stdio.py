@@ -133,7 +133,8 @@ class StdioSession(UpstreamSession):
                 code = await self._proc.wait()
         self.exit_code = code
         self._kill_group()  # what the server started goes with it, whether it was asked to stop or not
-        self._proc.close()
+        # Its stdin only: stderr is read to its end, so the last lines of a crash reach the log.
+        self._proc.stdin.close()
         if not self.closed:
             self._mark_closed("crash", f"{detail}; process exited with code {code}")
 

@@ -386,6 +386,17 @@ async def test_stdio_stderr_is_logged_with_the_server_id(gateway_factory: Any) -
     await eventually(lambda: expected in gw.log(), what="the child's stderr line in the gateway log")
 
 
+async def test_a_crashing_servers_last_stderr_lines_reach_the_log(gateway_factory: Any) -> None:
+    gw = gateway_factory({"odd": misbehaving_server(lazy=False, restart={"enabled": False})})
+    pid = gw.server("odd")["pid"]
+    async with mcp_session(gw.url("odd")) as session:
+        with pytest.raises(MCPError):
+            await session.call_tool("crash", {})
+    expected = f"gateway.upstream.stderr: [odd] last words of pid {pid}"
+    await eventually(lambda: expected in gw.log(), what="the crashed server's last stderr line in the log")
+    assert gw.log().count("gateway.upstream.stderr: [odd]   frame ") == 2000
+
+
 async def test_stdio_child_gets_its_configured_env_and_not_the_gateways_secrets(gateway_factory: Any) -> None:
     secrets = {"MCP_GATEWAY_SECRET_TOKEN": "s3cret", "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer otel-s3cret"}
     configured = {"CONFIGURED_VALUE": "visible", "PASSED_ON": "${MCP_GATEWAY_PASSED_ON}"}

@@ -104,6 +104,9 @@ def _call_tool(request_id: Any, params: dict[str, Any]) -> None:
         _result(request_id, _text_result("garbage sent"))
     elif name == "crash":
         sys.stdout.flush()
+        # What a dying process leaves on stderr (a traceback, say), its last line last.
+        sys.stderr.write("".join(f"  frame {n}\n" for n in range(2000)) + f"last words of pid {os.getpid()}\n")
+        sys.stderr.flush()
         os._exit(CRASH_EXIT_CODE)
     elif name == "hang":
         HUNG.append(request_id)
