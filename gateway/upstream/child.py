@@ -116,9 +116,13 @@ class Child:
             self._exit.set_result(code)
 
 
+class _PipeProtocol(asyncio.StreamReaderProtocol):
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False  # nothing more can come: the transport closes its pipe (uvloop's kept it open)
+
+
 async def _read_stream(pipe: Any, limit: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
     stream = asyncio.StreamReader(limit=limit)
-    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(stream), pipe
-    )
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(lambda: _PipeProtocol(stream), pipe)
     return stream, transport
