@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import signal
 
-import anyio
 import psutil
 import pytest
 
 from gateway.config import StdioServer
 from gateway.upstream.stdio import StdioSession
-from tests.conftest import demo_with_helper
+from tests.conftest import demo_with_helper, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -29,9 +28,7 @@ async def test_helper_of_a_killed_server_is_killed() -> None:
         group = [leader, *leader.children()]
         assert len(group) == 2
         os.kill(session.pid, signal.SIGKILL)
-        with anyio.fail_after(20):
-            while not session.closed:
-                await anyio.sleep(0.02)
+        await eventually(lambda: session.closed, what="the crash to be noticed")
         assert session.close_reason == "crash"
         _, alive = psutil.wait_procs(group, timeout=10)
         for proc in alive:

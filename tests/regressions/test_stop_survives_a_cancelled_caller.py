@@ -16,7 +16,7 @@ import pytest
 from gateway.config import StdioServer
 from gateway.events import NullObserver, StopReason
 from gateway.lifecycle import ServerRuntime, ServerState
-from tests.conftest import misbehaving_server
+from tests.conftest import eventually, misbehaving_server
 
 pytestmark = pytest.mark.anyio
 
@@ -30,9 +30,7 @@ async def test_shutdown_during_a_cancelled_idle_stop_stops_the_server() -> None:
     process = psutil.Process(runtime.pid)
     try:
         idle_stop = asyncio.create_task(runtime.stop(StopReason.IDLE))
-        with anyio.fail_after(10):
-            while runtime.state is not ServerState.STOPPING:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: runtime.state is ServerState.STOPPING, 10, "the stop to begin")
         idle_stop.cancel()
         with anyio.fail_after(30):
             await runtime.close()
