@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -222,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         config = config.model_copy(update={"gateway": config.gateway.model_copy(update=overrides)})
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
     return serve(config, args.log_level, args.loop)
 
 
