@@ -181,9 +181,13 @@ class SessionPool:
                 await asyncio.shield(pending)
                 continue
             per_key = 1 if server.stdio else config.max_sessions_per_key  # a stdio server has one process
-            if len(server.leases.get(key, ())) < per_key and self._has_room(server):
+            may_add = len(server.leases.get(key, ())) < per_key
+            fits = server.size < config.max_sessions
+            victim = None if fits or not may_add else self._least_recently_used(server)
+            if may_add and (fits or victim is not None):
                 self._admit(server)  # before anything is evicted for it: an open breaker fails fast
-                self._evict_for_room(server)
+                if victim is not None:
+                    self._evict(server, victim, "capacity")
                 creation = asyncio.ensure_future(self._create(server, key))
                 server.pending[key] = creation
                 try:
@@ -256,16 +260,9 @@ class SessionPool:
             self._open_breaker(server)
         return False
 
-    def _has_room(self, server: _Server) -> bool:
-        """Could one more session fit the server's maximum, if need be by evicting an idle one?"""
-        return server.size < server.config.max_sessions or self._least_recently_used(server) is not None
-
-    def _evict_for_room(self, server: _Server) -> None:
-        if server.size >= server.config.max_sessions and (victim := self._least_recently_used(server)) is not None:
-            self._evict(server, victim, "capacity")
-
     @staticmethod
     def _least_recently_used(server: _Server) -> Lease | None:
+        """The idle session to evict when the server is at `max_sessions` and a new one is needed."""
         idle = [lease for leases in server.leases.values() for lease in leases if lease.idle]
         return min(idle, key=lambda lease: lease.last_used) if idle else None
 
