@@ -100,14 +100,14 @@ async def hit_cost(iterations: int) -> dict[str, float]:
     pool = SessionPool(observer)
     pool.add(runtime)
     lease = await pool.acquire(runtime, "anonymous")  # the miss that starts the server
-    pool.release(runtime, lease)
+    pool.release(runtime, lease, identity="anonymous")
     samples = []
     try:
         for _ in range(5):
             started = time.perf_counter()
             for _ in range(iterations):
                 lease = await pool.acquire(runtime, "anonymous")
-                pool.release(runtime, lease)
+                pool.release(runtime, lease, identity="anonymous")
             samples.append((time.perf_counter() - started) / iterations * 1e6)
     finally:
         await runtime.close()

@@ -242,7 +242,7 @@ def scrape_cost(servers: int, tools: int, repeats: int) -> dict[str, Any]:
     ours = build_pipeline(settings)
     populate(Recorder(ours.provider.get_meter("mcp-gateway"), settings, Fleet()))
     ours_s, page = timed(lambda: render(ours.prometheus)[0])
-    ours_gzip_s, zipped = timed(lambda: render(ours.prometheus, accept_encoding="gzip")[0])
+    ours_gzip_s, zipped = timed(lambda: render(ours.prometheus, gzipped=True)[0])
     resource = ours.resource
     ours.shutdown()
 

@@ -19,7 +19,7 @@ import orjson
 
 from gateway import __version__
 from gateway.errors import GatewayError, InvalidParams, MethodNotFound, NotFound, ResourceNotFound
-from gateway.events import RequestRecord
+from gateway.events import Omission, RequestRecord
 from gateway.forward import forward, forward_notification, named_target
 from gateway.lifecycle import ServerRuntime
 from gateway.protocol import Message, error_response, result_response
@@ -42,6 +42,15 @@ _LISTS = {
 }
 
 _RESOURCE_LISTS = ("resources/list", "resources/templates/list")
+_LIST_CHANGED = (
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/resources/list_changed",
+)
+
+
+class _StillStarting(Exception):
+    """A server left out of an aggregated answer because it was still starting (counted where raised)."""
 
 
 def _template_pattern(template: str) -> re.Pattern[str]:
@@ -64,10 +73,11 @@ class Aggregator:
     # -- McpHandler --------------------------------------------------------------------------------
 
     async def initialize(self, session: ClientSession, message: Message) -> dict[str, Any]:
-        results = await self._each_server(lambda runtime: self._initialize_result(runtime, session))
+        results = await self._each_server(session, lambda runtime: self._initialize_result(runtime, session))
         capabilities: dict[str, Any] = {}
         for result in results.values():
-            for name, value in (result.get("capabilities") or {}).items():
+            offered = result.get("capabilities")
+            for name, value in (offered if isinstance(offered, dict) else {}).items():
                 if name in ("tools", "prompts", "resources"):
                     merged = capabilities.setdefault(name, {})
                     merged["listChanged"] = True
@@ -87,7 +97,7 @@ class Aggregator:
 
     async def _initialize_result(self, runtime: ServerRuntime, session: ClientSession) -> dict[str, Any]:
         lease = await self.gateway.pool.acquire(runtime, session.identity)
-        self.gateway.pool.release(runtime, lease)
+        self.gateway.pool.release(runtime, lease, identity=session.identity)
         return lease.session.initialize_result
 
     async def request(self, session: ClientSession, message: Message, channel: Downstream) -> Message:
@@ -139,7 +149,9 @@ class Aggregator:
         if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
             return self._owner_of(params.get("uri")), params
         if method == "completion/complete":
-            ref = params.get("ref") or {}
+            ref = params.get("ref")
+            if not isinstance(ref, dict):
+                raise InvalidParams("completion/complete needs ref, an object with type 'ref/prompt' or 'ref/resource'")
             if ref.get("type") == "ref/prompt":
                 runtime, name = self._split(ref.get("name"), "prompt")
                 return runtime, {**params, "ref": {**ref, "name": name}}
@@ -172,20 +184,50 @@ class Aggregator:
 
     # -- fan-out ---------------------------------------------------------------------------------
 
-    async def _each_server(self, call: Any) -> dict[str, Any]:
-        """Run `call(runtime)` on every server at once; failures are logged and left out."""
+    async def _each_server(self, session: ClientSession, call: Any) -> dict[str, Any]:
+        """Run `call(runtime)` on every server at once; failures are logged and left out.
+
+        A server with no session for this caller yet (a lazy start, a restart, a new HTTP session)
+        gets `limits.cold_start_wait` seconds to provide one. Past that it is left out of this answer
+        and keeps starting; once it is up, the caller's /mcp sessions are told the lists changed.
+        """
         runtimes = list(self.gateway.lifecycle.servers.values())
-        results = await asyncio.gather(*(call(runtime) for runtime in runtimes), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._when_ready(runtime, session, call) for runtime in runtimes), return_exceptions=True
+        )
         out = {}
         for runtime, result in zip(runtimes, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):
                     raise result
+                if isinstance(result, _StillStarting):
+                    continue
                 runtime.last_error = str(result)
+                self.gateway.observer.omitted(runtime.id, Omission.FAILED)
                 log.warning("server %s left out of the aggregate: %s", runtime.id, result)
             else:
                 out[runtime.id] = result
         return out
+
+    async def _when_ready(self, runtime: ServerRuntime, session: ClientSession, call: Any) -> Any:
+        pool = self.gateway.pool
+        if not pool.live_sessions(runtime.id, session.identity):
+            warming = asyncio.ensure_future(self._initialize_result(runtime, session))
+            done, _ = await asyncio.wait({warming}, timeout=self.gateway.settings.limits.cold_start_wait)
+            if not done:
+                self.gateway.observer.omitted(runtime.id, Omission.STARTING)
+                log.info("server %s is still starting: left out of this answer; it keeps starting", runtime.id)
+                warming.add_done_callback(lambda task: self._started_late(runtime, session.identity, task))
+                raise _StillStarting
+            warming.result()
+        return await call(runtime)
+
+    def _started_late(self, runtime: ServerRuntime, identity: str, task: asyncio.Future[Any]) -> None:
+        """A server left out while it started is up: the caller's lists are now longer."""
+        if task.cancelled() or task.exception() is not None:
+            return  # its failure is counted and shown where the start failed
+        for method in _LIST_CHANGED:
+            self.gateway.notify_aggregate(identity, {"jsonrpc": "2.0", "method": method})
 
     async def _fetch_all(self, runtime: ServerRuntime, session: ClientSession, method: str) -> list[dict[str, Any]]:
         """Every item of one server's list, following its cursors."""
@@ -201,8 +243,9 @@ class Aggregator:
                 if error.get("code") == -32601:
                     return []  # the server does not offer this list
                 raise GatewayError(f"{method} failed: {error.get('message')}")
-            result = response.get("result") or {}
-            items.extend(item for item in result.get(key, []) if isinstance(item, dict))
+            result = response["result"]  # an object: upstream sessions refuse responses of any other shape
+            listed = result.get(key)
+            items.extend(item for item in (listed if isinstance(listed, list) else ()) if isinstance(item, dict))
             cursor = result.get("nextCursor")
             if not cursor:
                 break
@@ -210,7 +253,7 @@ class Aggregator:
 
     async def _list(self, session: ClientSession, method: str, message: Message) -> dict[str, Any]:
         key, namespaced = _LISTS[method]
-        per_server = await self._each_server(lambda runtime: self._fetch_all(runtime, session, method))
+        per_server = await self._each_server(session, lambda runtime: self._fetch_all(runtime, session, method))
         merged: list[dict[str, Any]] = []
         for server_id in self.gateway.lifecycle.servers:
             for item in per_server.get(server_id, []):
@@ -239,7 +282,7 @@ class Aggregator:
             if "logging" in caps:
                 await forward(self.gateway, runtime, session, {**message}, None)
 
-        await self._each_server(one)
+        await self._each_server(session, one)
         return result_response(message["id"], {})
 
 

@@ -21,14 +21,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from gateway.aggregate import Aggregator
-from gateway.config import Config, StdioServer
+from gateway.config import Config, GatewaySettings, StdioServer
 from gateway.errors import GatewayError, ShuttingDown
-from gateway.events import NullObserver, Observer, StopReason
+from gateway.events import NullObserver, Observer, Rejection, StopReason
 from gateway.forward import ServerProxy
+from gateway.guard import Guard
 from gateway.lifecycle import Lifecycle, ServerRuntime
 from gateway.pool import SessionPool
 from gateway.protocol import Message
-from gateway.sessions import ClientSession, SessionStore
+from gateway.sessions import ClientSession, SessionLimits, SessionStore
 from gateway.transport import Auth, HttpError, McpEndpoint, McpHandler
 
 if TYPE_CHECKING:
@@ -47,24 +48,35 @@ class Gateway:
         self.settings = config.gateway
         self.observer: Observer = observer or NullObserver()
         self.lifecycle = Lifecycle(config, self.observer, self._upstream_notification)
-        self.pool = SessionPool(self.observer)
+        self.pool = SessionPool(self.observer, identities=self.settings.auth.identities)
         for runtime in self.lifecycle.servers.values():
             self.pool.add(runtime)
+        limits = self.settings.limits
         self.sessions = SessionStore(
-            self.settings.limits.max_sessions, self.settings.limits.session_idle_timeout, self._session_ended
+            SessionLimits(
+                limits.max_sessions,
+                self.settings.sessions_per_identity(),
+                limits.session_idle_timeout,
+                limits.max_stream_buffer_bytes,
+            ),
+            self._session_ended,
+            self._stream_overflowed,
         )
         self.auth = Auth(self.settings.auth.tokens)
-        self.allowed_hosts = self.settings.effective_allowed_hosts()
         self.aggregator = Aggregator(self)
         self._proxies = {sid: ServerProxy(self, runtime) for sid, runtime in self.lifecycle.servers.items()}
         self.ready = False
         self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once started
         self._sweeper: asyncio.Task[None] | None = None
         self._pool_sweeper: asyncio.Task[None] | None = None
 
     def _session_ended(self, session: ClientSession) -> None:
         age = time.monotonic() - session.created
         self.observer.session_closed("server", age, session.protocol_version, None)
+
+    def _stream_overflowed(self, session: ClientSession) -> None:
+        self.observer.rejected(session.scope, Rejection.STREAM_OVERFLOW)
 
     def handler_for(self, server_id: str | None) -> McpHandler:
         if server_id is None:
@@ -86,7 +98,14 @@ class Gateway:
             if session.scope in (server_id, None) and (not identity or session.identity == identity):
                 session.notify(message)
 
+    def notify_aggregate(self, identity: str, message: Message) -> None:
+        """Tell one caller's /mcp sessions something the aggregate itself says (its lists changed)."""
+        for session in self.sessions:
+            if session.scope is None and session.identity == identity:
+                session.notify(message)
+
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         await self.lifecycle.startup()
         self._sweeper = asyncio.create_task(self._expire_sessions(), name="session-expiry")
         self._pool_sweeper = asyncio.create_task(self.pool.run_sweeper(), name="pool-sweeper")
@@ -138,7 +157,12 @@ class Gateway:
 
 
 def _authorize(gateway: Gateway, request: Request) -> None:
-    gateway.auth.identity({k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()})
+    try:
+        gateway.auth.identity({k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()})
+    except HttpError as exc:
+        if exc.rejection is not None:
+            gateway.observer.rejected(None, exc.rejection)
+        raise
 
 
 def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
@@ -215,7 +239,13 @@ def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
         routes.append(Route("/metrics", telemetry.metrics))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HttpError: on_http_error})
     app.state.gateway = gateway
-    return telemetry.instrument_http(app) if telemetry is not None else app
+    guarded = guard(app, gateway.settings, gateway.observer)
+    return telemetry.instrument_http(guarded, routes) if telemetry is not None else guarded
+
+
+def guard(app: ASGIApp, settings: GatewaySettings, observer: Observer) -> ASGIApp:
+    """`app` behind the Host, Origin and cross-site checks (gateway/guard.py)."""
+    return Guard(app, settings.effective_allowed_hosts(), settings.allowed_origins, observer)
 
 
 def describe_endpoints(config: Config, base: str) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def serve(config: Config, log_level: str, loop: str = "auto") -> int:
-    from gateway.app import Gateway, create_app
+    from gateway.app import Gateway, create_app, guard
     from gateway.observability import Telemetry
 
     try:
@@ -96,7 +96,7 @@ def serve(config: Config, log_level: str, loop: str = "auto") -> int:
     servers: list[uvicorn.Server] = []
     metrics_port = config.telemetry.metrics_port
     if telemetry is not None and metrics_port is not None:
-        metrics_app = Starlette(routes=[Route("/metrics", telemetry.metrics)])
+        metrics_app = guard(Starlette(routes=[Route("/metrics", telemetry.metrics)]), settings, gateway.observer)
         metrics_config = uvicorn.Config(
             metrics_app,
             host=settings.host,
@@ -113,6 +113,13 @@ def serve(config: Config, log_level: str, loop: str = "auto") -> int:
             extra.should_exit = True
 
     server = _Server(uv_config, on_exit)
+    if not settings.loopback and not settings.auth.tokens:
+        log.warning(
+            "serving %s without tokens (gateway.auth.allow_unauthenticated): every client that reaches it may "
+            "call every tool and stop servers%s",
+            settings.host,
+            "" if settings.allowed_hosts else "; gateway.allowed_hosts is unset, so any Host header is accepted",
+        )
     base = f"http://{settings.host}:{settings.port}"
     log.info("gateway %r listening: MCP %s/mcp, servers %s/servers", settings.id, base, base)
     for server_id in config.servers:
@@ -208,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             config = load_config(args.file)
+            if (refusal := config.gateway.unauthenticated_refusal()) is not None:
+                print(f"mcp-gateway: {args.file}: {refusal}", file=sys.stderr)
+                return 2
             print(f"{args.file}: OK ({len(config.servers)} servers: {', '.join(config.servers) or 'none'})")
             return 0
         config = load_config(args.config) if args.config else default_config()
@@ -221,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         config = config.model_copy(update={"gateway": config.gateway.model_copy(update=overrides)})
+    refusal = config.gateway.unauthenticated_refusal()
+    if refusal is not None:
+        print(f"mcp-gateway: refusing to start: {refusal}", file=sys.stderr)
+        return 2
     return serve(config, args.log_level, args.loop)
 
 

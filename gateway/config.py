@@ -8,7 +8,9 @@ Everything past `load_config` gets typed, already-valid values; every problem be
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import os
 import re
 import socket
@@ -47,6 +49,12 @@ class PoolConfig(_Model):
     max_sessions: int = Field(64, gt=0, description="sessions with this server, all callers together")
     max_sessions_per_key: int = Field(4, gt=0, description="sessions per caller")
     max_requests_per_session: int = Field(64, gt=0, description="concurrent requests multiplexed on one session")
+    max_requests_per_identity: int | None = Field(
+        None,
+        gt=0,
+        description="concurrent requests one caller may have on a shared session (stdio, share_sessions); "
+        "default: an equal share per configured token, at most four shares",
+    )
     acquire_timeout: float = Field(10.0, gt=0, description="seconds to wait for a session when all are busy")
     ttl: float = Field(0.0, ge=0, description="close sessions older than this; 0 = never")
     idle_ttl: float = Field(600.0, ge=0, description="close sessions unused this long; 0 = never")
@@ -102,11 +110,23 @@ ServerConfig = Annotated[
 ]
 
 
+MAX_SHARES = 4  # a caller's default share of a limit is never under a quarter of it
+
+
+def fair_share(total: int, identities: int) -> int:
+    """A caller's default share of `total`: equal among the identities, at most `MAX_SHARES` shares."""
+    return max(1, math.ceil(total / min(max(identities, 1), MAX_SHARES)))
+
+
 class AuthConfig(_Model):
-    """Bearer tokens accepted on MCP and admin routes; none means open (bind to loopback then)."""
+    """Bearer tokens accepted on MCP and admin routes; none means open, which a gateway bound beyond
+    loopback refuses unless `allow_unauthenticated` says so."""
 
     tokens: list[str] = []
     metrics_token: str | None = Field(None, description="bearer token for /metrics; none = open")
+    allow_unauthenticated: bool = Field(
+        False, description="serve without tokens on a non-loopback address (a trusted network only)"
+    )
 
     @field_validator("tokens")
     @classmethod
@@ -115,10 +135,37 @@ class AuthConfig(_Model):
             raise ValueError("tokens must not be empty strings (is an environment variable unset?)")
         return tokens
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _non_empty_metrics_token(cls, token: str | None) -> str | None:
+        if token is not None and not token.strip():
+            raise ValueError("must not be an empty string (is an environment variable unset?); omit it for none")
+        return token
+
+    @property
+    def identities(self) -> int:
+        """How many callers can tell themselves apart: one per token, or one (anonymous) without tokens."""
+        return max(1, len(set(self.tokens)))
+
 
 class Limits(_Model):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_upstream_message_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="one message from an upstream; a larger one fails its request"
+    )
+    max_stream_buffer_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="bytes queued for a client that does not read its stream; past it a GET stream is closed "
+        "and a POST stream drops notifications",
+    )
     max_sessions: int = Field(10_000, gt=0, description="downstream MCP sessions at once")
+    max_sessions_per_identity: int | None = Field(
+        None, gt=0, description="client sessions one caller may hold; default: an equal share per token, at most 4"
+    )
+    cold_start_wait: float = Field(
+        5.0, ge=0, description="seconds /mcp's initialize and lists wait for a server still starting"
+    )
     session_idle_timeout: float = Field(3600.0, gt=0, description="forget a client session unused this long")
     drain_timeout: float = Field(10.0, ge=0, description="seconds in-flight requests get on shutdown")
     page_size: int = Field(500, gt=0, description="items per page of the aggregated lists")
@@ -139,12 +186,38 @@ class GatewaySettings(_Model):
         description="Host header values accepted (any port); default: loopback names when bound to loopback, else any",
     )
 
+    @property
+    def loopback(self) -> bool:
+        """Bound to this machine only (127.0.0.0/8, ::1, localhost)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    def unauthenticated_refusal(self) -> str | None:
+        """Why this gateway must not start open to the network, or None when it may start."""
+        if self.loopback or self.auth.tokens or self.auth.allow_unauthenticated:
+            return None
+        return (
+            f"gateway.host {self.host!r} is reachable beyond this machine and no gateway.auth.tokens are set: "
+            "anyone who reaches it could call every tool and stop servers. Set tokens, or bind 127.0.0.1, "
+            "or set gateway.auth.allow_unauthenticated: true for a trusted network"
+        )
+
+    def sessions_per_identity(self) -> int:
+        explicit = self.limits.max_sessions_per_identity
+        return explicit if explicit is not None else fair_share(self.limits.max_sessions, self.auth.identities)
+
     def effective_allowed_hosts(self) -> list[str] | None:
         """None means any Host; a loopback-bound gateway answers only loopback names (DNS rebinding)."""
         if self.allowed_hosts is not None:
             return None if "*" in self.allowed_hosts else self.allowed_hosts
-        if self.host in ("127.0.0.1", "localhost", "::1"):
-            return ["localhost", "127.0.0.1", "[::1]"]
+        if self.loopback:
+            names = ["localhost", "127.0.0.1", "[::1]"]
+            bound = f"[{self.host.strip('[]')}]" if ":" in self.host else self.host
+            return names if bound in names else [*names, bound]
         return None
 
 

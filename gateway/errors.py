@@ -45,6 +45,7 @@ class GatewayError(Exception):
     error_type: ErrorType = ErrorType.INTERNAL
     http_status: int = 500
     transport_level: bool = False  # answered with `http_status`, not inside a 200
+    rejection: str | None = None  # a refusal by a limit: its `events.Rejection` reason, counted where answered
 
     def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -102,6 +103,15 @@ class ShuttingDown(Rejected):
 class TooManySessions(Rejected):
     http_status = 503
     transport_level = True
+    rejection = "session_limit"
+
+
+class SessionQuota(Rejected):
+    """The caller holds its share of client sessions (limits.max_sessions_per_identity)."""
+
+    http_status = 429
+    transport_level = True
+    rejection = "identity_sessions"
 
 
 class UpstreamTimeout(GatewayError):
@@ -121,6 +131,24 @@ class SessionExpired(UpstreamClosed):
     """
 
 
+class UpstreamTooLarge(GatewayError):
+    """The upstream sent a message over `limits.max_upstream_message_bytes`; it was dropped unread."""
+
+    code, error_type, http_status = INTERNAL_ERROR, ErrorType.TRANSPORT, 502
+
+
+class UpstreamInvalid(GatewayError):
+    """The upstream answered with something that is not a JSON-RPC response (or one too deep to pass on)."""
+
+    code, error_type, http_status = INTERNAL_ERROR, ErrorType.UPSTREAM_ERROR, 502
+
+
+class TooDeep(GatewayError):
+    """A message nested deeper than JSON can be written back out (about 900 levels)."""
+
+    code, error_type, http_status = INVALID_PARAMS, ErrorType.PROTOCOL, 400
+
+
 class UpstreamUnavailable(GatewayError):
     """The upstream could not be started or initialized."""
 
@@ -131,5 +159,17 @@ class PoolExhausted(GatewayError):
     code, error_type, http_status = CONNECTION_CLOSED, ErrorType.POOL_EXHAUSTED, 503
 
 
+class IdentityShare(PoolExhausted):
+    """The caller holds its share of a shared session's request slots (pool.max_requests_per_identity)."""
+
+    rejection = "identity_share"
+
+
 class CircuitOpen(GatewayError):
     code, error_type, http_status = CONNECTION_CLOSED, ErrorType.CIRCUIT_OPEN, 503
+
+
+def internal_error(server_id: str | None = None) -> dict[str, Any]:
+    """The JSON-RPC error of a request the gateway failed by a fault of its own (logged where it happened)."""
+    data = {"reason": "internal"} if server_id is None else {"server": server_id, "reason": "internal"}
+    return {"code": INTERNAL_ERROR, "message": "Internal error in the gateway; its log has the details", "data": data}

@@ -25,6 +25,27 @@ class StopReason(StrEnum):
     START_FAILED = "start_failed"  # it never finished starting (spawn error, initialize failed or timed out)
 
 
+class Rejection(StrEnum):
+    """Why the gateway refused a client or cut it off: the closed value set of the `reason` label."""
+
+    SESSION_LIMIT = "session_limit"  # the gateway holds limits.max_sessions client sessions
+    IDENTITY_SESSIONS = "identity_sessions"  # the caller holds its limits.max_sessions_per_identity
+    IDENTITY_SHARE = "identity_share"  # the caller holds its share of a shared server's request slots
+    STREAM_OVERFLOW = "stream_overflow"  # a client did not read its stream past limits.max_stream_buffer_bytes
+    BODY_TOO_LARGE = "body_too_large"  # a request body over limits.max_body_bytes
+    UNAUTHORIZED = "unauthorized"  # no valid bearer token
+    HOST = "host"  # a Host header not allowed (DNS rebinding)
+    ORIGIN = "origin"  # an Origin not allowed
+    CROSS_SITE = "cross_site"  # an operations request a browser could have been tricked into sending
+
+
+class Omission(StrEnum):
+    """Why a server was left out of an aggregated answer on /mcp (initialize or a list)."""
+
+    STARTING = "starting"  # still starting after limits.cold_start_wait; it keeps starting
+    FAILED = "failed"  # it failed to start or to answer
+
+
 class PoolEvent(StrEnum):
     HIT = "hit"
     MISS = "miss"
@@ -64,6 +85,12 @@ class Observer(Protocol):
     def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:
         """A client's session with the gateway (side "server") or an upstream session ("client") ended."""
 
+    def rejected(self, server_id: str | None, reason: str) -> None:
+        """The gateway refused a client (or cut it off) by a limit or a check; `None`: no server in particular."""
+
+    def omitted(self, server_id: str, reason: str) -> None:
+        """A server was left out of an aggregated answer on /mcp."""
+
 
 class NullObserver:
     def request_finished(self, record: RequestRecord) -> None:
@@ -85,4 +112,10 @@ class NullObserver:
         pass
 
     def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:
+        pass
+
+    def rejected(self, server_id: str | None, reason: str) -> None:
+        pass
+
+    def omitted(self, server_id: str, reason: str) -> None:
         pass

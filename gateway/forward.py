@@ -8,10 +8,11 @@ sends the request, classifies the outcome and reports it to the observer. `Serve
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import ErrorType, GatewayError, SessionExpired, UpstreamClosed
+from gateway.errors import ErrorType, GatewayError, SessionExpired, UpstreamClosed, internal_error
 from gateway.events import RequestRecord
 from gateway.lifecycle import ServerRuntime
 from gateway.protocol import Message, error_response
@@ -20,6 +21,8 @@ from gateway.upstream.base import Downstream
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+
+log = logging.getLogger(__name__)
 
 
 async def forward(
@@ -45,16 +48,22 @@ async def forward(
         except SessionExpired:
             # The upstream forgot the session and did not process the request: once more, on a new one.
             response = await _send(gateway, runtime, session, message, channel, upstream_spent)
+        # An object, or absent beside an error: upstream sessions refuse responses of any other shape.
+        result: dict[str, Any] = response.get("result") or {}
         if "error" in response:
             error_type = ErrorType.UPSTREAM_ERROR
-        elif method == "tools/call" and (response.get("result") or {}).get("isError") is True:
+        elif method == "tools/call" and result.get("isError") is True:
             error_type = ErrorType.TOOL_ERROR
         elif method == "tools/list":
-            _report_tools(gateway, runtime, message, response)
+            _report_tools(gateway, runtime, message, result)
         return response
     except GatewayError as exc:
         error_type = exc.error_type
         return error_response(request_id, exc.to_error())
+    except Exception:  # a bug: the client still gets an answer, and the log the traceback
+        log.exception("forwarding %s to server %s failed", method, runtime.id)
+        error_type = ErrorType.INTERNAL
+        return error_response(request_id, internal_error(runtime.id))
     finally:
         upstream_seconds = sum(upstream_spent) if upstream_spent else None
         gateway.observer.request_finished(
@@ -93,11 +102,11 @@ async def _send(
         raise
     finally:
         spent.append(time.perf_counter() - started)
-        gateway.pool.release(runtime, lease, failed=broken)
+        gateway.pool.release(runtime, lease, identity=session.identity, failed=broken)
 
 
-def _report_tools(gateway: Gateway, runtime: ServerRuntime, request: Message, response: Message) -> None:
-    tools = (response.get("result") or {}).get("tools")
+def _report_tools(gateway: Gateway, runtime: ServerRuntime, request: Message, result: dict[str, Any]) -> None:
+    tools = result.get("tools")
     if isinstance(tools, list):
         names = [tool["name"] for tool in tools if isinstance(tool, dict) and isinstance(tool.get("name"), str)]
         first_page = not (request.get("params") or {}).get("cursor")
@@ -141,7 +150,7 @@ class ServerProxy:
 
     async def initialize(self, session: ClientSession, message: Message) -> dict[str, Any]:
         lease = await self.gateway.pool.acquire(self.runtime, session.identity)
-        self.gateway.pool.release(self.runtime, lease)
+        self.gateway.pool.release(self.runtime, lease, identity=session.identity)
         return dict(lease.session.initialize_result)
 
     async def request(self, session: ClientSession, message: Message, channel: Downstream) -> Message:

@@ -22,7 +22,7 @@ from gateway.config import Config, HttpServer, StdioServer
 from gateway.errors import GatewayError, UnknownServer, UpstreamUnavailable
 from gateway.events import Observer, StopReason
 from gateway.protocol import Message
-from gateway.upstream.base import UpstreamSession
+from gateway.upstream.base import DEFAULT_MAX_MESSAGE, UpstreamSession
 from gateway.upstream.http import HttpClient, HttpSession, make_client
 from gateway.upstream.stdio import StdioSession
 
@@ -50,9 +50,11 @@ class ServerRuntime:
         observer: Observer,
         on_notification: NotificationSink,
         clock: Clock = time.monotonic,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         self.id = server_id
         self.config = config
+        self.max_message_bytes = max_message_bytes
         self.observer = observer
         self._on_notification = on_notification
         self.clock = clock
@@ -123,7 +125,7 @@ class ServerRuntime:
         if first:
             self.state = ServerState.STARTING
         started = self.clock()
-        session = HttpSession(self.id, config, self._http, self)
+        session = HttpSession(self.id, config, self._http, self, max_message_bytes=self.max_message_bytes)
         try:
             await session.start(config.start_timeout)
         except GatewayError as exc:
@@ -170,7 +172,7 @@ class ServerRuntime:
                 await asyncio.sleep(delay)
             self.state = ServerState.STARTING
             started = self.clock()
-            process = StdioSession(self.id, self.config, self)
+            process = StdioSession(self.id, self.config, self, max_message_bytes=self.max_message_bytes)
             self._process = process
             try:
                 await process.start(self.config.start_timeout)
@@ -334,7 +336,9 @@ class Lifecycle:
         self.config = config
         self.clock = clock
         self.servers = {
-            server_id: ServerRuntime(server_id, server, observer, on_notification, clock)
+            server_id: ServerRuntime(
+                server_id, server, observer, on_notification, clock, config.gateway.limits.max_upstream_message_bytes
+            )
             for server_id, server in config.servers.items()
         }
         self._sweeper: asyncio.Task[None] | None = None

@@ -6,19 +6,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp
 
 from gateway import __version__
 from gateway.config import Config
+from gateway.headers import accepts_encoding, media_quality, qualities
 from gateway.lifecycle import ServerState
 from gateway.transport import Auth, HttpError
 from telemetry.exposition import render
@@ -52,8 +54,21 @@ def telemetry_settings(config: Config, env: dict[str, str] | None = None) -> Tel
         semconv=settings.semconv,
         scope_labels=settings.scope_labels,
         cardinality_limit=settings.cardinality_limit,
+        server_ids=tuple(config.servers),
         otlp=otlp,
     )
+
+
+def negotiate_exposition(accept: str | None, accept_encoding: str | None) -> tuple[bool, bool]:
+    """(OpenMetrics rather than the 0.0.4 text, gzip) for a scrape with these headers.
+
+    OpenMetrics when the scraper names it, and at least as high as plain text (Prometheus does);
+    anything else (`*/*`, no header) gets the 0.0.4 text. gzip only when `Accept-Encoding` allows it
+    with a q-value above 0.
+    """
+    openmetrics = qualities(accept or "").get("application/openmetrics-text", 0.0)
+    text = media_quality(accept, "text/plain")
+    return openmetrics > 0 and openmetrics >= text, accepts_encoding(accept_encoding, "gzip")
 
 
 class GatewayFleet:
@@ -76,6 +91,12 @@ class GatewayFleet:
         if self.gateway is None:
             return []
         return [PoolSample(*occupancy) for occupancy in self.gateway.pool.occupancy()]
+
+    def tasks(self) -> int | None:
+        loop = self.gateway.loop if self.gateway is not None else None
+        if loop is None or loop.is_closed():
+            return None
+        return len(asyncio.all_tasks(loop))  # safe off the loop's thread: it copies the set, retrying
 
 
 class Telemetry:
@@ -100,21 +121,20 @@ class Telemetry:
         try:
             self.auth.identity({k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()})
         except HttpError as exc:
+            if exc.rejection is not None:
+                self.recorder.rejected(None, exc.rejection)
             headers = {k.decode(): v.decode() for k, v in exc.headers}
             return JSONResponse(exc.body, status_code=exc.status, headers=headers)
-        accept = request.headers.get("accept", "")
-        encoding = request.headers.get("accept-encoding", "")
-        body, headers = await anyio.to_thread.run_sync(render, self.pipeline.prometheus, accept, encoding)
+        openmetrics, gzip = negotiate_exposition(request.headers.get("accept"), request.headers.get("accept-encoding"))
+        body, headers = await anyio.to_thread.run_sync(render, self.pipeline.prometheus, openmetrics, gzip)
         return Response(body, headers=headers)
 
-    def instrument_http(self, app: ASGIApp) -> ASGIApp:
+    def instrument_http(self, app: ASGIApp, routes: Sequence[Route]) -> ASGIApp:
         """HTTP server metrics, labelled by route template (`/servers/{server_id}/mcp`), never raw paths."""
         if not self.config.telemetry.http_metrics:
             return app
         os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")  # http.route on the duration metric
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
-        routes = list(getattr(app, "routes", []))
 
         def route_details(scope: dict[str, Any]) -> tuple[str, dict[str, str]]:
             # The instrumentation reads attributes before routing: resolve the route template here.

@@ -20,14 +20,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from gateway.config import PoolConfig, StdioServer
-from gateway.errors import CircuitOpen, GatewayError, PoolExhausted
-from gateway.events import Observer, PoolEvent, StopReason
+from gateway.config import PoolConfig, StdioServer, fair_share
+from gateway.errors import CircuitOpen, GatewayError, IdentityShare, PoolExhausted
+from gateway.events import Observer, PoolEvent, Rejection, StopReason
 from gateway.lifecycle import ServerRuntime
 from gateway.upstream.base import UpstreamSession
 
@@ -119,11 +120,13 @@ class _Server:
     runtime: ServerRuntime
     config: PoolConfig
     breaker: Breaker
+    share: int  # concurrent requests one caller may have on the server's shared sessions
     leases: dict[str, list[Lease]] = field(default_factory=dict)
     retiring: set[Lease] = field(default_factory=set)  # evicted, their last requests still running
     pending: dict[str, asyncio.Future[Lease]] = field(default_factory=dict)
     creating: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    held: Counter[str] = field(default_factory=Counter)  # requests in flight per caller, on shared sessions
 
     @property
     def size(self) -> int:
@@ -134,17 +137,30 @@ class _Server:
         """A stdio server: its one process is its one session, shared by every caller."""
         return isinstance(self.runtime.config, StdioServer)
 
+    @property
+    def per_key(self) -> int:
+        """Sessions one key may have: a stdio server has one process."""
+        return 1 if self.stdio else self.config.max_sessions_per_key
+
+    @property
+    def slots(self) -> int:
+        """Concurrent requests the server's shared sessions can carry, all callers together."""
+        return self.per_key * self.config.max_requests_per_session
+
 
 class SessionPool:
-    def __init__(self, observer: Observer, clock: Clock = time.monotonic) -> None:
+    def __init__(self, observer: Observer, clock: Clock = time.monotonic, identities: int = 1) -> None:
         self.observer = observer
         self.clock = clock
+        self.identities = identities  # callers that can tell themselves apart: their default share
         self._servers: dict[str, _Server] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     def add(self, runtime: ServerRuntime) -> None:
         config = runtime.config.pool
-        self._servers[runtime.id] = _Server(runtime, config, Breaker(config.failure_threshold, config.cooldown))
+        server = _Server(runtime, config, Breaker(config.failure_threshold, config.cooldown), share=0)
+        server.share = config.max_requests_per_identity or fair_share(server.slots, self.identities)
+        self._servers[runtime.id] = server
         runtime.stop_listeners.append(self.server_stopped)
 
     def _key(self, server: _Server, identity: str) -> str:
@@ -153,21 +169,46 @@ class SessionPool:
     # -- acquire and release --------------------------------------------------------------------
 
     async def acquire(self, runtime: ServerRuntime, identity: str) -> Lease:
-        """A session for this caller; pair every acquire with `release`."""
+        """A session for this caller; pair every acquire with `release` (the same identity)."""
         started = self.clock()
         server = self._servers[runtime.id]
-        key = self._key(server, identity)
         try:
-            lease = await self._acquire(server, key)
+            lease = await self._acquire(server, identity)
         finally:
             self.observer.pool_acquired(runtime.id, self.clock() - started)
         lease.in_use += 1
         runtime.in_flight += 1
         return lease
 
-    async def _acquire(self, server: _Server, key: str) -> Lease:
+    async def _acquire(self, server: _Server, identity: str) -> Lease:
+        """Take a session, or wait for one up to `acquire_timeout`. On a shared session a caller waits
+        at its share of the slots too, so one caller's slow calls cannot take them all."""
+        key = self._key(server, identity)
+        shared = self._shares(server, key, identity)
+        deadline = self.clock() + server.config.acquire_timeout
+        while True:
+            over_share = shared and server.held[identity] >= server.share
+            if not over_share:
+                if shared:
+                    server.held[identity] += 1  # reserved before any wait, so concurrent callers count
+                try:
+                    lease = await self._take(server, key)
+                except BaseException:
+                    self._unhold(server, identity if shared else None)
+                    raise
+                if lease is not None:
+                    return lease
+                self._unhold(server, identity if shared else None)
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise self._exhausted(server, identity, over_share)
+            server.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.changed.wait(), remaining)
+
+    async def _take(self, server: _Server, key: str) -> Lease | None:
+        """A session of the key now: a live one (hit), a new one (miss), or None when none can be had."""
         config = server.config
-        deadline = self.clock() + config.acquire_timeout
         while True:
             lease = self._pick(server, key)
             if lease is not None:
@@ -180,33 +221,51 @@ class SessionPool:
                 # Someone is creating this key's session: share it rather than open a second one.
                 await asyncio.shield(pending)
                 continue
-            per_key = 1 if server.stdio else config.max_sessions_per_key  # a stdio server has one process
-            may_add = len(server.leases.get(key, ())) < per_key
+            may_add = len(server.leases.get(key, ())) < server.per_key
             fits = server.size < config.max_sessions
             victim = None if fits or not may_add else self._least_recently_used(server)
-            if may_add and (fits or victim is not None):
-                self._admit(server)  # before anything is evicted for it: an open breaker fails fast
-                if victim is not None:
-                    self._evict(server, victim, "capacity")
-                creation = asyncio.ensure_future(self._create(server, key))
-                server.pending[key] = creation
-                try:
-                    lease = await asyncio.shield(creation)
-                finally:
-                    if server.pending.get(key) is creation:
-                        del server.pending[key]
-                self.observer.pool_event(server.runtime.id, PoolEvent.MISS)
-                return lease
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                raise PoolExhausted(
-                    f"no session for server {server.runtime.id!r} within {config.acquire_timeout:g}s: "
-                    f"{server.size} of {config.max_sessions} sessions, all busy",
-                    data={"server": server.runtime.id, "reason": "pool_exhausted"},
-                )
-            server.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.changed.wait(), remaining)
+            if not may_add or not (fits or victim is not None):
+                return None
+            self._admit(server)  # before anything is evicted for it: an open breaker fails fast
+            if victim is not None:
+                self._evict(server, victim, "capacity")
+            creation = asyncio.ensure_future(self._create(server, key))
+            server.pending[key] = creation
+            try:
+                lease = await asyncio.shield(creation)
+            finally:
+                if server.pending.get(key) is creation:
+                    del server.pending[key]
+            self.observer.pool_event(server.runtime.id, PoolEvent.MISS)
+            return lease
+
+    @staticmethod
+    def _shares(server: _Server, key: str, identity: str) -> bool:
+        """Whether this caller's requests count against its share: on a shared session that has one."""
+        return key == SHARED and identity != SHARED and server.share < server.slots
+
+    @staticmethod
+    def _unhold(server: _Server, identity: str | None) -> None:
+        if identity is not None:
+            server.held[identity] -= 1
+            if server.held[identity] <= 0:
+                del server.held[identity]
+
+    def _exhausted(self, server: _Server, identity: str, over_share: bool) -> PoolExhausted:
+        config, server_id = server.config, server.runtime.id
+        if over_share:
+            self.observer.rejected(server_id, Rejection.IDENTITY_SHARE)
+            return IdentityShare(
+                f"no session for server {server_id!r} within {config.acquire_timeout:g}s: this caller has "
+                f"{server.held[identity]} requests in flight on it, its share of the server's shared session "
+                "(pool.max_requests_per_identity)",
+                data={"server": server_id, "reason": "identity_share", "share": server.share},
+            )
+        return PoolExhausted(
+            f"no session for server {server_id!r} within {config.acquire_timeout:g}s: "
+            f"{server.size} of {config.max_sessions} sessions, all busy",
+            data={"server": server_id, "reason": "pool_exhausted"},
+        )
 
     def _pick(self, server: _Server, key: str) -> Lease | None:
         """The least loaded usable session of the key; expired and dead ones are evicted on sight."""
@@ -300,13 +359,15 @@ class SessionPool:
         server.leases.setdefault(key, []).append(lease)
         return lease
 
-    def release(self, runtime: ServerRuntime, lease: Lease, failed: bool = False) -> None:
+    def release(self, runtime: ServerRuntime, lease: Lease, *, identity: str, failed: bool = False) -> None:
         """Give a session back; one whose call hit a transport error is discarded, not returned."""
+        server = self._servers[runtime.id]
+        if self._shares(server, self._key(server, identity), identity):
+            self._unhold(server, identity)
         runtime.in_flight -= 1
         runtime.last_used = runtime.clock()
         lease.in_use -= 1
         lease.last_used = self.clock()
-        server = self._servers[runtime.id]
         if failed or lease.session.closed:
             self._evict(server, lease, "upstream_closed")
         if lease.retiring and lease.idle:  # evicted while in use, now or before: its last request ended

@@ -7,11 +7,12 @@ than forwarding it. Shapes are checked here just enough to route.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
 import orjson
 
-from gateway.errors import InvalidRequest, ParseError
+from gateway.errors import InvalidRequest, ParseError, TooDeep
 from telemetry.catalog import MCP_METHODS, OTHER
 
 LATEST_VERSION: Final = "2025-11-25"
@@ -24,7 +25,20 @@ METHODS: Final = frozenset(MCP_METHODS) - {OTHER}
 
 Message = dict[str, Any]
 
-dumps = orjson.dumps
+
+def dumps(message: Any) -> bytes:
+    """`message` as compact JSON; raises `TooDeep` when it is nested too deeply to be written.
+
+    orjson writes 254 levels but reads 1,024, so what a client or a server sent can be beyond it:
+    the standard library's encoder takes over there (to about 900 levels, Python's recursion limit).
+    """
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        try:
+            return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+        except RecursionError:
+            raise TooDeep("Invalid params: the message is nested too deeply to be passed on") from None
 
 
 def loads(body: bytes) -> Any:
@@ -56,8 +70,30 @@ def check_message(message: Any) -> Message:
 
 
 def _check_id(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if not is_valid_id(value):
         raise InvalidRequest('Invalid Request: "id" must be a string or an integer')
+
+
+def is_valid_id(value: Any) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
+def response_problem(message: Message) -> str | None:
+    """What is wrong with a JSON-RPC response from an upstream, or None when it can be passed on."""
+    if "error" in message:
+        error = message["error"]
+        if not isinstance(error, dict):
+            return '"error" is not an object'
+        if not isinstance(error.get("code"), int) or isinstance(error.get("code"), bool):
+            return '"error.code" is not an integer'
+        if not isinstance(error.get("message"), str):
+            return '"error.message" is not a string'
+        return None
+    if "result" not in message:
+        return 'it has neither "result" nor "error"'
+    if not isinstance(message["result"], dict):
+        return '"result" is not an object'
+    return None
 
 
 def is_request(message: Message) -> bool:

@@ -10,46 +10,89 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import GatewayError, MethodNotFound, Rejected, TooManySessions, UpstreamTimeout
+from gateway.errors import (
+    GatewayError,
+    MethodNotFound,
+    Rejected,
+    SessionQuota,
+    TooDeep,
+    TooManySessions,
+    UpstreamTimeout,
+)
 from gateway.protocol import Message
+from gateway.stream import EventStream, sse_event
+
+log = logging.getLogger(__name__)
 
 # Which client capability a server-to-client request needs.
 _NEEDS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
 RELAY_TIMEOUT = 300.0  # a person may be answering an elicitation
 
-_closed_stream: Any = object()
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    max_sessions: int  # client sessions at once, all callers
+    per_identity: int  # client sessions one caller may hold
+    idle_timeout: float  # seconds unused before a session is forgotten
+    stream_buffer: int  # bytes queued for a GET stream the client does not read
 
 
 class ClientSession:
-    def __init__(self, session_id: str, scope: str | None, identity: str, protocol_version: str) -> None:
+    def __init__(
+        self, session_id: str, scope: str | None, identity: str, protocol_version: str, stream_buffer: int
+    ) -> None:
         self.id = session_id
         self.scope = scope  # a server id, or None for the aggregated endpoint
         self.identity = identity
         self.protocol_version = protocol_version
         self.capabilities: dict[str, Any] = {}
         self.created = self.last_used = time.monotonic()
-        self.stream: asyncio.Queue[Any] | None = None  # the GET stream, while one is open
+        self.stream: EventStream | None = None  # the GET stream, while one is open
+        self.stream_buffer = stream_buffer
+        self.on_overflow: Callable[[ClientSession], None] | None = None
         self.closed = False
         self._relayed: dict[str, asyncio.Future[Message]] = {}
         self._ids = itertools.count(1)
 
     # -- the GET stream as a Downstream ------------------------------------------------------------
 
-    def notify(self, message: Message) -> None:
-        if self.stream is not None:
-            self.stream.put_nowait(message)
+    def open_stream(self) -> EventStream:
+        self.stream = EventStream(self.stream_buffer)
+        return self.stream
+
+    def notify(self, message: Message) -> bool:
+        """Queue `message` on the GET stream; False when there is none, or it was closed for not being read."""
+        stream = self.stream
+        if stream is None:
+            return False
+        try:
+            event = sse_event(message)
+        except TooDeep:
+            log.warning("a message nested too deeply for the client's stream was dropped: %.200r", message)
+            return False
+        if stream.put(event):
+            return True
+        if not stream.closed:
+            log.warning("client session %s... did not read its GET stream: closed it", self.id[:8])
+            stream.close(drop=True)
+            if self.on_overflow is not None:
+                self.on_overflow(self)
+        return False
 
     async def request(self, message: Message) -> Message:
         return await self.relay(message, self.notify if self.stream is not None else None)
 
     # -- server-to-client requests ---------------------------------------------------------------
 
-    async def relay(self, message: Message, send: Callable[[Message], None] | None) -> Message:
+    async def relay(self, message: Message, send: Callable[[Message], bool] | None) -> Message:
         """Send a server-to-client request under a gateway id; await the client's answer."""
         method = message.get("method", "")
         needed = _NEEDS.get(method)
@@ -61,7 +104,8 @@ class ClientSession:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._relayed[relay_id] = future
         try:
-            send({**message, "id": relay_id})
+            if not send({**message, "id": relay_id}):
+                raise MethodNotFound(f"the client's stream could not carry {method}", data={"method": method})
             async with asyncio.timeout(RELAY_TIMEOUT):
                 return await future
         except TimeoutError:
@@ -80,24 +124,24 @@ class ClientSession:
     def close(self) -> None:
         self.closed = True
         if self.stream is not None:
-            self.stream.put_nowait(_closed_stream)
+            self.stream.close()
         for future in self._relayed.values():
             if not future.done():
                 future.set_exception(Rejected("the client ended its session"))
 
 
-def is_end_of_stream(item: Any) -> bool:
-    return item is _closed_stream
-
-
 class SessionStore:
     def __init__(
-        self, max_sessions: int, idle_timeout: float, on_end: Callable[[ClientSession], None] | None = None
+        self,
+        limits: SessionLimits,
+        on_end: Callable[[ClientSession], None] | None = None,
+        on_overflow: Callable[[ClientSession], None] | None = None,
     ) -> None:
-        self.max_sessions = max_sessions
-        self.idle_timeout = idle_timeout
+        self.limits = limits
         self._on_end = on_end
+        self._on_overflow = on_overflow
         self._sessions: dict[str, ClientSession] = {}
+        self._held: Counter[str] = Counter()  # sessions per identity
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -106,26 +150,44 @@ class SessionStore:
         return iter(list(self._sessions.values()))
 
     def create(self, scope: str | None, identity: str, protocol_version: str) -> ClientSession:
-        if len(self._sessions) >= self.max_sessions:
+        """A new session; refused when the gateway, or this caller, holds its maximum (idle ones expire first)."""
+        limits = self.limits
+        if len(self._sessions) >= limits.max_sessions or self._held[identity] >= limits.per_identity:
             self.expire()
-            if len(self._sessions) >= self.max_sessions:
-                raise TooManySessions(f"the gateway holds its maximum of {self.max_sessions} client sessions")
-        session = ClientSession(secrets.token_hex(16), scope, identity, protocol_version)
+        if self._held[identity] >= limits.per_identity:
+            raise SessionQuota(
+                f"this caller holds its maximum of {limits.per_identity} client sessions: end one (DELETE) "
+                f"or let one stay unused for {limits.idle_timeout:g}s",
+                data={"reason": "identity_sessions", "limit": limits.per_identity},
+            )
+        if len(self._sessions) >= limits.max_sessions:
+            raise TooManySessions(
+                f"the gateway holds its maximum of {limits.max_sessions} client sessions",
+                data={"reason": "session_limit", "limit": limits.max_sessions},
+            )
+        session = ClientSession(secrets.token_hex(16), scope, identity, protocol_version, limits.stream_buffer)
+        session.on_overflow = self._on_overflow
         self._sessions[session.id] = session
+        self._held[identity] += 1
         return session
 
     def get(self, session_id: str) -> ClientSession | None:
         return self._sessions.get(session_id)
 
     def end(self, session: ClientSession) -> None:
-        if self._sessions.pop(session.id, None) is not None and self._on_end is not None:
-            self._on_end(session)
+        if self._sessions.pop(session.id, None) is not None:
+            self._held[session.identity] -= 1
+            if not self._held[session.identity]:
+                del self._held[session.identity]
+            if self._on_end is not None:
+                self._on_end(session)
         session.close()
 
     def expire(self) -> int:
         """Forget sessions idle past the timeout that hold no open stream."""
         now = time.monotonic()
-        stale = [s for s in self._sessions.values() if s.stream is None and now - s.last_used > self.idle_timeout]
+        timeout = self.limits.idle_timeout
+        stale = [s for s in self._sessions.values() if s.stream is None and now - s.last_used > timeout]
         for session in stale:
             self.end(session)
         return len(stale)
@@ -135,4 +197,4 @@ class SessionStore:
             self.end(session)
 
 
-__all__ = ["ClientSession", "GatewayError", "SessionStore", "is_end_of_stream"]
+__all__ = ["ClientSession", "GatewayError", "SessionLimits", "SessionStore"]

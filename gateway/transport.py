@@ -14,10 +14,12 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.errors import INVALID_REQUEST, GatewayError, InvalidRequest, ShuttingDown
-from gateway.events import RequestRecord
+from gateway.errors import INVALID_REQUEST, GatewayError, InvalidRequest, ShuttingDown, TooDeep, UpstreamInvalid
+from gateway.events import Rejection, RequestRecord
+from gateway.headers import media_quality
 from gateway.protocol import (
     HEADER_REQUIRED_SINCE,
     SUPPORTED_VERSIONS,
@@ -29,7 +31,8 @@ from gateway.protocol import (
     loads,
     negotiate,
 )
-from gateway.sessions import ClientSession, is_end_of_stream
+from gateway.sessions import ClientSession
+from gateway.stream import EventStream, sse_event, sse_frame
 from gateway.upstream.base import Downstream
 
 if TYPE_CHECKING:
@@ -59,11 +62,19 @@ class McpHandler(Protocol):
 class HttpError(Exception):
     """An answer outside JSON-RPC: an HTTP status with a JSON body that says what was wrong."""
 
-    def __init__(self, status: int, message: str, extra: dict[str, Any] | None = None, headers: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        extra: dict[str, Any] | None = None,
+        headers: Any = None,
+        rejection: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = {"error": message, **(extra or {})}
         self.headers: list[tuple[bytes, bytes]] = headers or []
+        self.rejection = rejection  # an `events.Rejection` reason, when a limit or a check refused
 
 
 async def send_body(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -85,8 +96,13 @@ async def send_http_error(send: Send, error: HttpError) -> None:
     await send_body(send, error.status, dumps(error_response(None, body)), [*_JSON, *error.headers])
 
 
-def sse_event(message: Message) -> bytes:
-    return b"event: message\ndata: " + dumps(message) + b"\n\n"
+def encode_response(response: Message) -> bytes:
+    """A response as JSON; an upstream answer nested too deeply to be written becomes an error saying so."""
+    try:
+        return dumps(response)
+    except TooDeep:
+        error = UpstreamInvalid("the server's answer is nested too deeply to be passed on", data={"reason": "too_deep"})
+        return dumps(error_response(response.get("id"), error.to_error()))
 
 
 class Auth:
@@ -109,34 +125,20 @@ class Auth:
                 401,
                 "a valid bearer token is required" if token else "missing bearer token",
                 headers=[(b"www-authenticate", b'Bearer realm="mcp-gateway"')],
+                rejection=Rejection.UNAUTHORIZED,
             )
         return digest.hex()[:16] if token else "anonymous"
-
-
-def origin_allowed(origin: bytes, allowed: list[str]) -> bool:
-    if "*" in allowed:
-        return True
-    value = origin.decode("latin-1").rstrip("/")
-    for entry in allowed:
-        entry = entry.rstrip("/")
-        if value == entry or (value.startswith(entry + ":") and value[len(entry) + 1 :].isdigit()):
-            return True
-    return False
-
-
-def host_allowed(host: bytes, allowed: list[str]) -> bool:
-    value = host.decode("latin-1").lower()
-    name = value.rsplit(":", 1)[0] if value.count(":") == 1 or value.startswith("[") else value
-    if name.startswith("[") and "]" in value:
-        name = value[: value.index("]") + 1]
-    return name in allowed
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
     """The request body, refused with 413 before it is read whole when it is over `limit`."""
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HttpError(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+        raise HttpError(
+            413,
+            f"request body of {int(declared)} bytes is over the limit of {limit} bytes",
+            rejection=Rejection.BODY_TOO_LARGE,
+        )
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -146,51 +148,71 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
         chunk = event.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise HttpError(413, f"request body is over the limit of {limit} bytes")
+            raise HttpError(413, f"request body is over the limit of {limit} bytes", rejection=Rejection.BODY_TOO_LARGE)
         chunks.append(chunk)
         if not event.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class PostChannel:
-    """The reply to one POSTed request, as a `Downstream` for the upstream's related messages."""
+    """The reply to one POSTed request, as a `Downstream` for the upstream's related messages.
 
-    def __init__(self, session: ClientSession, send: Send, json_ok: bool, sse_ok: bool) -> None:
+    Related messages switch the reply to an SSE stream, bounded like every client stream: what does
+    not fit while the client is not reading is dropped (notifications) or refused (server requests),
+    and the response itself always goes through.
+    """
+
+    def __init__(
+        self, session: ClientSession, send: Send, json_ok: bool, sse_ok: bool, on_overflow: Callable[[], None]
+    ) -> None:
         self.session = session
         self._send = send
         self._json_ok = json_ok
         self._sse_ok = sse_ok
-        self._queue: asyncio.Queue[Message | None] | None = None
+        self._on_overflow = on_overflow
+        self._overflowed = False
+        self._stream: EventStream | None = None
         self._writer: asyncio.Task[None] | None = None
 
-    def notify(self, message: Message) -> None:
+    def notify(self, message: Message) -> bool:
         if not self._sse_ok:
-            self.session.notify(message)  # the GET stream, if the client opened one
-            return
-        self._start_stream().put_nowait(message)
+            return self.session.notify(message)  # the GET stream, if the client opened one
+        try:
+            event = sse_event(message)
+        except TooDeep:
+            log.warning("a message nested too deeply for the client's stream was dropped: %.200r", message)
+            return False
+        if self._start_stream().put(event):
+            return True
+        if not self._overflowed:
+            self._overflowed = True
+            log.warning("a client is not reading its reply stream: dropping what does not fit")
+            self._on_overflow()
+        return False
 
     async def request(self, message: Message) -> Message:
         return await self.session.relay(message, self.notify if self._sse_ok else None)
 
-    def _start_stream(self) -> asyncio.Queue[Message | None]:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._writer = asyncio.create_task(self._stream(self._queue))
-        return self._queue
+    def _start_stream(self) -> EventStream:
+        if self._stream is None:
+            self._stream = EventStream(self.session.stream_buffer)
+            self._writer = asyncio.create_task(self._write(self._stream))
+        return self._stream
 
-    async def _stream(self, queue: asyncio.Queue[Message | None]) -> None:
+    async def _write(self, stream: EventStream) -> None:
         await self._send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        while (message := await queue.get()) is not None:
-            await self._send({"type": "http.response.body", "body": sse_event(message), "more_body": True})
+        while (event := await stream.get()) is not None:
+            await self._send({"type": "http.response.body", "body": event, "more_body": True})
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def finish(self, response: Message) -> None:
-        if self._queue is None and self._json_ok:
-            await send_body(self._send, 200, dumps(response), _JSON)
+        body = encode_response(response)
+        if self._stream is None and self._json_ok:
+            await send_body(self._send, 200, body, _JSON)
             return
-        queue = self._start_stream()
-        queue.put_nowait(response)
-        queue.put_nowait(None)
+        stream = self._start_stream()
+        stream.put(sse_frame(body), force=True)
+        stream.close()
         assert self._writer is not None
         await self._writer
 
@@ -207,15 +229,17 @@ class McpEndpoint:
         try:
             await self._dispatch(scope, receive, send, headers)
         except HttpError as exc:
+            if exc.rejection is not None:
+                self.gateway.observer.rejected(self._known_server(scope), exc.rejection)
             await send_http_error(send, exc)
+
+    def _known_server(self, scope: Scope) -> str | None:
+        """The configured server this endpoint serves; None for /mcp or an unknown id (never a label value)."""
+        server_id = None if self.aggregate else scope["path_params"]["server_id"]
+        return server_id if server_id in self.gateway.lifecycle.servers else None
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
         gateway = self.gateway
-        if gateway.allowed_hosts is not None and not host_allowed(headers.get(b"host", b""), gateway.allowed_hosts):
-            raise HttpError(421, "Misdirected Request: Host header not allowed (DNS rebinding protection)")
-        origin = headers.get(b"origin")
-        if origin is not None and not origin_allowed(origin, gateway.settings.allowed_origins):
-            raise HttpError(403, f"origin {origin.decode('latin-1')!r} is not allowed")
         identity = gateway.auth.identity(headers)
         server_id: str | None = None if self.aggregate else scope["path_params"]["server_id"]
         handler = gateway.handler_for(server_id)
@@ -264,10 +288,9 @@ class McpEndpoint:
         handler: McpHandler,
     ) -> None:
         gateway = self.gateway
-        accept = headers.get(b"accept", b"*/*")
-        any_type = b"*/*" in accept
-        json_ok = any_type or b"application/json" in accept
-        sse_ok = any_type or b"text/event-stream" in accept
+        accept = headers[b"accept"].decode("latin-1") if b"accept" in headers else None
+        json_ok = media_quality(accept, "application/json") > 0
+        sse_ok = media_quality(accept, "text/event-stream") > 0
         if not json_ok and not sse_ok:
             raise HttpError(406, "Not Acceptable: Accept must include application/json and text/event-stream")
         body = await read_body(receive, headers, gateway.settings.limits.max_body_bytes)
@@ -289,6 +312,8 @@ class McpEndpoint:
                 return
             session = self._session(headers, identity, server_id)
         except GatewayError as exc:
+            if exc.rejection is not None:
+                gateway.observer.rejected(server_id, exc.rejection)
             # Faults of the HTTP exchange itself get their status; the rest is a JSON-RPC error in a 200.
             status = exc.http_status if exc.transport_level else 200
             await send_body(send, status, dumps(error_response(request_id, exc.to_error())), _JSON)
@@ -300,7 +325,11 @@ class McpEndpoint:
                 log.debug("client response to an unknown request id %r dropped", message.get("id"))
             await send_body(send, 202, b"", [])
             return
-        channel = PostChannel(session, send, json_ok, sse_ok)
+
+        def overflowed() -> None:
+            gateway.observer.rejected(server_id, Rejection.STREAM_OVERFLOW)
+
+        channel = PostChannel(session, send, json_ok, sse_ok, overflowed)
         response = await handler.request(session, message, channel)
         await channel.finish(response)
 
@@ -310,17 +339,17 @@ class McpEndpoint:
         params = message.get("params") or {}
         version = negotiate(params.get("protocolVersion"))
         started = time.perf_counter()
-        session = self.gateway.sessions.create(server_id, identity, version)
-        session.capabilities = params.get("capabilities") or {}
+        session: ClientSession | None = None
         error: GatewayError | None = None
         try:
+            session = self.gateway.sessions.create(server_id, identity, version)
+            capabilities = params.get("capabilities")
+            session.capabilities = capabilities if isinstance(capabilities, dict) else {}
             result = await handler.initialize(session, message)
-        except GatewayError as exc:
-            error = exc
-            self.gateway.sessions.end(session)
-            raise
-        except BaseException:
-            self.gateway.sessions.end(session)
+        except BaseException as exc:
+            error = exc if isinstance(exc, GatewayError) else None
+            if session is not None:
+                self.gateway.sessions.end(session)
             raise
         finally:
             transport = self.gateway.lifecycle.servers[server_id].transport if server_id else None
@@ -343,13 +372,12 @@ class McpEndpoint:
     async def _get(self, receive: Receive, send: Send, session: ClientSession) -> None:
         if session.stream is not None:
             raise HttpError(409, "Conflict: this session already has an open GET stream")
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        session.stream = queue
+        stream = session.open_stream()
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         disconnected = asyncio.create_task(_wait_disconnect(receive))
         try:
             while not disconnected.done():
-                getter = asyncio.ensure_future(queue.get())
+                getter = asyncio.ensure_future(stream.get())
                 done, _ = await asyncio.wait(
                     {getter, disconnected}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -358,13 +386,13 @@ class McpEndpoint:
                     if not done:
                         await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
                     continue
-                item = getter.result()
-                if is_end_of_stream(item):
+                event = getter.result()
+                if event is None:
                     break
-                await send({"type": "http.response.body", "body": sse_event(item), "more_body": True})
+                await send({"type": "http.response.body", "body": event, "more_body": True})
         finally:
             disconnected.cancel()
-            if session.stream is queue:
+            if session.stream is stream:
                 session.stream = None
             with contextlib.suppress(Exception):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -79,6 +79,18 @@ EVICTION_REASONS: Final = (
     "manual",
     "shutdown",
 )
+REJECTION_REASONS: Final = (
+    "session_limit",
+    "identity_sessions",
+    "identity_share",
+    "stream_overflow",
+    "body_too_large",
+    "unauthorized",
+    "host",
+    "origin",
+    "cross_site",
+)
+OMISSION_REASONS: Final = ("starting", "failed")
 TRANSPORTS: Final = ("stdio", "streamable-http")
 UNKNOWN_TOOL: Final = "unknown"
 OTHER: Final = "other"
@@ -103,6 +115,8 @@ class Metric:
     buckets: tuple[float, ...] = ()
     semconv: bool = False  # an OpenTelemetry semantic-convention instrument (switchable off)
     questions: tuple[tuple[str, str], ...] = ()  # (question an operator asks, PromQL that answers it)
+    # Which series exist at 0 before anything happens, so rate() and alerts answer 0, not "no data".
+    initial: str = ""
 
 
 SEMCONV_ATTRIBUTES: Final = (
@@ -140,6 +154,7 @@ METRICS: Final[tuple[Metric, ...]] = (
                 " / sum by (server_id) (rate(mcp_gateway_requests_total[5m]))",
             ),
         ),
+        initial="every configured server, method tools/call",
     ),
     Metric(
         "mcp_gateway_request_duration_seconds",
@@ -176,6 +191,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         questions=(
             ("Crash-looping servers", "sum by (server_id) (increase(mcp_gateway_server_starts_total[15m])) > 3"),
         ),
+        initial="every configured server",
     ),
     Metric(
         "mcp_gateway_server_stops_total",
@@ -188,6 +204,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         questions=(
             ("Crashes per server", 'sum by (server_id) (increase(mcp_gateway_server_stops_total{reason="crash"}[1h]))'),
         ),
+        initial="every configured server x every reason",
     ),
     Metric(
         "mcp_gateway_errors_total",
@@ -198,6 +215,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         ("server_id", "error_type"),
         {"error_type": ERROR_TYPES},
         questions=(("Errors by type", "sum by (error_type) (rate(mcp_gateway_errors_total[5m]))"),),
+        initial="every configured server x every error type",
     ),
     Metric(
         "mcp_server_tools_called_total",
@@ -209,6 +227,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         questions=(
             ("Top 10 tools", "topk(10, sum by (server_id, tool_name) (rate(mcp_server_tools_called_total[1h])))"),
         ),
+        initial="every tool a server advertised, once it advertised it",
     ),
     Metric(
         "mcp_server_uptime_seconds",
@@ -260,6 +279,7 @@ METRICS: Final[tuple[Metric, ...]] = (
                 " + sum(rate(mcp_session_pool_misses_total[5m])))",
             ),
         ),
+        initial="every configured server",
     ),
     Metric(
         "mcp_session_pool_misses_total",
@@ -268,6 +288,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         "",
         "Requests that had to create (initialize) a new upstream session.",
         POOL_LABELS,
+        initial="every configured server",
     ),
     Metric(
         "mcp_session_pool_evictions_total",
@@ -277,6 +298,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         "Upstream sessions dropped from the pool, by reason.",
         (*POOL_LABELS, "reason"),
         {"reason": EVICTION_REASONS},
+        initial="every configured server x every reason",
     ),
     Metric(
         "mcp_session_pool_health_check_failures_total",
@@ -291,6 +313,7 @@ METRICS: Final[tuple[Metric, ...]] = (
                 "sum(rate(mcp_session_pool_health_check_failures_total[5m])) by (gateway_id)",
             ),
         ),
+        initial="every configured server",
     ),
     Metric(
         "mcp_session_pool_active_sessions",
@@ -333,6 +356,50 @@ METRICS: Final[tuple[Metric, ...]] = (
         "The server's circuit breaker: 0 closed, 1 half-open (one probe allowed), 2 open (failing fast).",
         POOL_LABELS,
         questions=(("Servers failing fast", "mcp_session_pool_circuit_state == 2"),),
+    ),
+    # -- the gateway protecting itself and its callers ------------------------------------------------
+    Metric(
+        "mcp_gateway_rejections_total",
+        "mcp_gateway_rejections",
+        Kind.COUNTER,
+        "",
+        "Clients refused, or cut off, by a limit or a check, by reason; server_id is the endpoint's server "
+        f"({GATEWAY_SERVER!r} for /mcp and the operations routes).",
+        ("server_id", "reason"),
+        {"reason": REJECTION_REASONS},
+        questions=(
+            ("Refusals by reason", "sum by (reason) (rate(mcp_gateway_rejections_total[5m]))"),
+            (
+                "Callers held to their share of a shared server",
+                'sum by (server_id) (increase(mcp_gateway_rejections_total{reason="identity_share"}[1h]))',
+            ),
+        ),
+        initial=f"every configured server and {GATEWAY_SERVER!r} x every reason",
+    ),
+    Metric(
+        "mcp_gateway_aggregate_omissions_total",
+        "mcp_gateway_aggregate_omissions",
+        Kind.COUNTER,
+        "",
+        "Servers left out of an aggregated answer on /mcp (initialize or a list): still starting after "
+        "limits.cold_start_wait, or failed.",
+        ("server_id", "reason"),
+        {"reason": OMISSION_REASONS},
+        questions=(
+            (
+                "Servers missing from /mcp lists",
+                "sum by (server_id, reason) (increase(mcp_gateway_aggregate_omissions_total[15m])) > 0",
+            ),
+        ),
+        initial="every configured server x every reason",
+    ),
+    Metric(
+        "mcp_gateway_event_loop_tasks",
+        "mcp_gateway_event_loop_tasks",
+        Kind.GAUGE,
+        "",
+        "asyncio tasks alive in the gateway process; a count that climbs while the load does not is a leak.",
+        questions=(("Task growth over a day", "delta(mcp_gateway_event_loop_tasks[1d])"),),
     ),
     # -- OpenTelemetry semantic conventions for MCP -------------------------------------------------
     Metric(

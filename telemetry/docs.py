@@ -21,6 +21,11 @@ distinct (server, tool) or (server, prompt) pairs, new names count as `other`. P
 `gateway_id` (the configured `gateway.id`). The resource (service name, version, instance id,
 gateway id) is on `target_info`.
 
+Counters whose label values are known in advance (the configured servers, the closed reason and
+error-type sets, the tools a server advertised) are exported at 0 from the start, as each family
+says below: on a healthy fleet `rate(...)` answers 0 rather than "no data", and an alert can tell
+healthy from unknown. Everything else appears with its first event.
+
 | family | type | unit | labels | instrument (OTLP) |
 |---|---|---|---|---|
 """
@@ -42,6 +47,8 @@ def _section(metric: Metric) -> str:
         lines.append(f"- buckets (s): {', '.join(f'{bound:g}' for bound in metric.buckets)}")
     if metric.semconv:
         lines.append("- OpenTelemetry MCP semantic convention; off with `telemetry.semconv: false`")
+    if metric.initial:
+        lines.append(f"- exported at 0 from the start: {metric.initial}")
     if metric.questions:
         lines += ["", "| question | PromQL |", "|---|---|"]
         lines += [f"| {question} | `{query}` |" for question, query in metric.questions]

@@ -214,15 +214,14 @@ class PrometheusReader(MetricReader):
         return [prefix + le for le in bounds], f"{name}_count{suffix}", f"{name}_sum{suffix}"
 
 
-def render(reader: PrometheusReader, accept: str = "", accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
-    """The page and its headers for a scrape with these `Accept` and `Accept-Encoding` headers."""
-    openmetrics = "application/openmetrics-text" in accept
+def render(reader: PrometheusReader, openmetrics: bool = False, gzipped: bool = False) -> tuple[bytes, dict[str, str]]:
+    """The page and its headers, in the format and encoding the caller negotiated with the scraper."""
     body = reader.render(openmetrics)
     headers = {
         "Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
         "Vary": "Accept, Accept-Encoding",
     }
-    if "gzip" in accept_encoding and len(body) > _GZIP_OVER:
+    if gzipped and len(body) > _GZIP_OVER:
         body = gzip.compress(body, compresslevel=1)
         headers["Content-Encoding"] = "gzip"
     return body, headers

@@ -24,7 +24,9 @@ from telemetry.catalog import (
     EVICTION_REASONS,
     GATEWAY_SERVER,
     MCP_METHODS,
+    OMISSION_REASONS,
     OTHER,
+    REJECTION_REASONS,
     STOP_REASONS,
     UNKNOWN_TOOL,
     Kind,
@@ -83,6 +85,10 @@ class Fleet(Protocol):
 
     def pool_samples(self) -> Iterable[PoolSample]: ...
 
+    def tasks(self) -> int | None:
+        """asyncio tasks alive in the process; None before the event loop runs."""
+        ...
+
 
 def _network_transport(upstream: str | None) -> str:
     return "pipe" if upstream == "stdio" else "tcp"
@@ -103,6 +109,8 @@ class Recorder:
         self._misses: dict[str, int] = defaultdict(int)
         self._evictions: dict[tuple[str, str], int] = defaultdict(int)
         self._health_failures: dict[str, int] = defaultdict(int)
+        self._rejections: dict[tuple[str, str], int] = defaultdict(int)
+        self._omissions: dict[tuple[str, str], int] = defaultdict(int)
         self._advertised: dict[str, frozenset[str]] = {}
         self._prompts: set[tuple[str, str]] = set()  # (server, prompt) pairs that became label values
         self._attrs: dict[tuple[Any, ...], dict[str, str]] = {}
@@ -139,6 +147,10 @@ class Recorder:
         counter("mcp_session_pool_misses_total", lambda: self._observe_pool(self._misses))
         counter("mcp_session_pool_evictions_total", lambda: self._observe_pool(self._evictions, "reason"))
         counter("mcp_session_pool_health_check_failures_total", lambda: self._observe_pool(self._health_failures))
+        counter("mcp_gateway_rejections_total", lambda: self._observe(self._rejections, ("server_id", "reason")))
+        counter(
+            "mcp_gateway_aggregate_omissions_total", lambda: self._observe(self._omissions, ("server_id", "reason"))
+        )
         gauge("mcp_gateway_active_servers", self._active_servers)
         gauge("mcp_server_uptime_seconds", self._uptimes)
         gauge("mcp_server_memory_bytes", self._memory)
@@ -146,6 +158,7 @@ class Recorder:
         gauge("mcp_session_pool_active_sessions", lambda: self._pool_gauge(lambda s: s.active))
         gauge("mcp_session_pool_size", lambda: self._pool_gauge(lambda s: s.size))
         gauge("mcp_session_pool_circuit_state", lambda: self._pool_gauge(lambda s: s.circuit_state))
+        gauge("mcp_gateway_event_loop_tasks", self._tasks)
         self._duration = histogram("mcp_gateway_request_duration_seconds")
         self._start_duration = histogram("mcp_gateway_server_start_duration_seconds")
         self._acquire_duration = histogram("mcp_session_pool_acquire_duration_seconds")
@@ -155,6 +168,25 @@ class Recorder:
             self._client_op = histogram("mcp_client_operation_duration_seconds")
             self._server_session = histogram("mcp_server_session_duration_seconds")
             self._client_session = histogram("mcp_client_session_duration_seconds")
+        self._start_at_zero(settings.server_ids)
+
+    def _start_at_zero(self, server_ids: Sequence[str]) -> None:
+        """The series whose label values are known now exist from the start, at 0 (see the catalog's `initial`)."""
+        for server in server_ids:
+            self._requests[(server, "tools/call")] = 0
+            self._starts[server] = 0
+            self._hits[server] = self._misses[server] = self._health_failures[server] = 0
+            for reason in STOP_REASONS:
+                self._stops[(server, reason)] = 0
+            for error in ERROR_TYPES:
+                self._errors[(server, error)] = 0
+            for reason in EVICTION_REASONS:
+                self._evictions[(server, reason)] = 0
+            for reason in OMISSION_REASONS:
+                self._omissions[(server, reason)] = 0
+        for server in (*server_ids, GATEWAY_SERVER):
+            for reason in REJECTION_REASONS:
+                self._rejections[(server, reason)] = 0
 
     # -- the gateway's observation points ------------------------------------------------------
 
@@ -207,10 +239,13 @@ class Recorder:
             self._client_op.record(record.upstream_duration, self._attrs[("client", *key)])
 
     def tools_listed(self, server_id: str, names: Sequence[str], first_page: bool) -> None:
-        """The upstream advertised these tools (or prompts): only they become label values."""
+        """The upstream advertised these tools: only they become label values, each at 0 until called."""
         try:
             known = frozenset() if first_page else self._advertised.get(server_id, frozenset())
-            self._advertised[server_id] = known | frozenset(str(name) for name in names)
+            advertised = self._advertised[server_id] = known | frozenset(str(name) for name in names)
+            for name in advertised:
+                if (server_id, name) not in self._tools and len(self._tools) < self.limit:
+                    self._tools[(server_id, name)] = 0
         except Exception:
             log.exception("telemetry: recording advertised tools failed")
 
@@ -233,6 +268,12 @@ class Recorder:
             self._evictions[(server_id, reason if reason in EVICTION_REASONS else OTHER)] += 1
         elif event == "health_check_failed":
             self._health_failures[server_id] += 1
+
+    def rejected(self, server_id: str | None, reason: str) -> None:
+        self._rejections[(server_id or GATEWAY_SERVER, reason if reason in REJECTION_REASONS else OTHER)] += 1
+
+    def omitted(self, server_id: str, reason: str) -> None:
+        self._omissions[(server_id, reason if reason in OMISSION_REASONS else OTHER)] += 1
 
     def pool_acquired(self, server_id: str, seconds: float) -> None:
         try:
@@ -311,6 +352,11 @@ class Recorder:
             else:
                 attrs["server_id"], attrs[extra] = key
             yield Observation(value, attrs)
+
+    def _tasks(self) -> Iterable[Observation]:
+        tasks = self.fleet.tasks()
+        if tasks is not None:
+            yield Observation(tasks)
 
     def _active_servers(self) -> Iterable[Observation]:
         yield Observation(sum(1 for sample in self.fleet.server_samples() if sample.running))

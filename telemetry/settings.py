@@ -31,6 +31,7 @@ class TelemetrySettings:
     semconv: bool = True  # the MCP semantic-convention histograms
     scope_labels: bool = False  # otel_scope_* labels on every Prometheus series
     cardinality_limit: int = 2000  # (server, tool) and (server, prompt) label pairs; more count as "other"
+    server_ids: tuple[str, ...] = ()  # the configured servers: their counters start at 0
     otlp: OtlpSettings | None = None
 
 

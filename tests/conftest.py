@@ -124,6 +124,10 @@ class Gateway:
         headers = {**self.headers, **kwargs.pop("headers", {})}
         return httpx.post(self.base + path, headers=headers, timeout=30, **kwargs)
 
+    def delete_sessions(self, server: str = "demo", **kwargs: Any) -> httpx.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return httpx.delete(f"{self.base}/servers/{server}/sessions", headers=headers, timeout=30, **kwargs)
+
     def servers(self) -> dict[str, dict[str, Any]]:
         return {s["id"]: s for s in self.get("/servers").json()["servers"]}
 
@@ -234,9 +238,9 @@ class Upstream:
                 self.proc.wait()
 
 
-def start_http_upstream(*flags: str) -> Upstream:
+def start_http_upstream(*flags: str, module: str = "tests.servers.http_upstream") -> Upstream:
     proc = subprocess.Popen(
-        [PY, "-m", "tests.servers.http_upstream", "--port", "0", *flags],
+        [PY, "-m", module, "--port", "0", *flags],
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
@@ -252,6 +256,14 @@ def start_http_upstream(*flags: str) -> Upstream:
 @pytest.fixture
 def http_upstream() -> Iterator[Upstream]:
     upstream = start_http_upstream("--name", "remote")
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def http_raw() -> Iterator[Upstream]:
+    """tests/servers/http_raw.py: a hand-written HTTP upstream that sends exactly what a test asks for."""
+    upstream = start_http_upstream(module="tests.servers.http_raw")
     yield upstream
     upstream.stop()
 

@@ -18,11 +18,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway import __version__
-from gateway.errors import GatewayError, MethodNotFound, UpstreamClosed, UpstreamTimeout
-from gateway.protocol import LATEST_VERSION, Message, error_response
+from gateway.errors import (
+    GatewayError,
+    MethodNotFound,
+    UpstreamClosed,
+    UpstreamInvalid,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+)
+from gateway.protocol import LATEST_VERSION, Message, error_response, is_valid_id, response_problem
+from gateway.upstream.framing import Oversized
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024  # bytes of one upstream message (limits.max_upstream_message_bytes)
 CLIENT_INFO = {"name": "mcp-gateway", "version": __version__}
 # Declared upstream so servers may use them; each request is relayed to a downstream client that
 # declared the capability, or answered with an error.
@@ -32,7 +41,9 @@ CLIENT_CAPABILITIES: dict[str, Any] = {"roots": {"listChanged": True}, "sampling
 class Downstream(Protocol):
     """A channel back to one downstream client: where related upstream messages go."""
 
-    def notify(self, message: Message) -> None: ...
+    def notify(self, message: Message) -> bool:
+        """Pass on a related message; False when it could not be (no stream, or one not being read)."""
+        ...
 
     async def request(self, message: Message) -> Message:
         """Relay a server-to-client request; return the client's response (any id)."""
@@ -63,9 +74,12 @@ class UpstreamSession(ABC):
 
     transport: str = ""
 
-    def __init__(self, server_id: str, handler: UpstreamHandler | None = None) -> None:
+    def __init__(
+        self, server_id: str, handler: UpstreamHandler | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE
+    ) -> None:
         self.server_id = server_id
         self.handler = handler
+        self.max_message_bytes = max_message_bytes
         self.identity = ""  # whose session this is; "" when every caller shares it
         self.initialize_result: dict[str, Any] = {}
         self.protocol_version = LATEST_VERSION
@@ -75,7 +89,7 @@ class UpstreamSession(ABC):
         self._ids = itertools.count(1)
         self._pending: dict[int, Pending] = {}
         self._progress: dict[str, Pending] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # -- what transports implement ---------------------------------------------------------------
 
@@ -198,28 +212,41 @@ class UpstreamSession(ABC):
     # -- what the upstream sends -----------------------------------------------------------------
 
     def _dispatch(self, message: Any, via: Pending | None = None) -> None:
-        """Route one message from the upstream. `via` is the request whose reply stream carried it."""
+        """Route one message from the upstream. `via` is the request whose reply stream carried it.
+
+        What the upstream sends is checked before it is used: a message of the wrong shape is logged
+        and skipped (a response of the wrong shape fails its request), and nothing it sends can
+        raise into the task that reads the transport, which would leave the server wedged.
+        """
+        try:
+            self._route(message, via)
+        except Exception:  # a bug, not the upstream's: still never the reader's end
+            log.exception("server %s: a message could not be routed; skipped: %.200r", self.server_id, message)
+
+    def _route(self, message: Any, via: Pending | None) -> None:
         if not isinstance(message, dict):
-            log.warning("server %s sent a non-object JSON message; skipped", self.server_id)
+            self._skip("a message that is not a JSON object", message)
             return
         method = message.get("method")
         if method is None:
-            pending = self._pending.get(message.get("id"))  # type: ignore[arg-type]
-            if pending is not None and not pending.future.done():
-                pending.future.set_result(message)
-            else:
-                log.debug("server %s answered unknown or finished request %r", self.server_id, message.get("id"))
+            self._route_response(message)
+            return
+        params = message.get("params")
+        if not isinstance(method, str) or not (params is None or isinstance(params, dict)):
+            self._skip("a message whose method is not a string or whose params are not an object", message)
             return
         if "id" in message:
+            if not is_valid_id(message["id"]):
+                self._skip("a request whose id is not a string or an integer", message)
+                return
             target = via.downstream if via is not None else self._sole_downstream()
             self._spawn(self._relay_request(message, target))
             return
         if method == "notifications/progress":
-            params = message.get("params") or {}
-            owner = self._progress.get(str(params.get("progressToken")))
+            owner = self._progress.get(str((params or {}).get("progressToken")))
             if owner is not None:
                 if owner.downstream is not None:
-                    message["params"] = {**params, "progressToken": owner.progress_token}
+                    message["params"] = {**(params or {}), "progressToken": owner.progress_token}
                     owner.downstream.notify(message)
                 return
         target = via.downstream if via is not None else None
@@ -229,6 +256,47 @@ class UpstreamSession(ABC):
             target.notify(message)
         elif self.handler is not None:
             self.handler.on_notification(self, message)
+
+    def _route_response(self, message: Message) -> None:
+        upstream_id = message.get("id")
+        pending = self._pending.get(upstream_id) if type(upstream_id) is int else None
+        if pending is None or pending.future.done():
+            self._skip("a response to no request in flight", message, logging.DEBUG)
+            return
+        problem = response_problem(message)
+        if problem is None:
+            pending.future.set_result(message)
+            return
+        log.warning("server %s answered %s with an invalid response: %s", self.server_id, pending.method, problem)
+        pending.future.set_exception(
+            UpstreamInvalid(
+                f"server {self.server_id!r} sent an invalid response to {pending.method}: {problem}",
+                data={"server": self.server_id, "reason": "invalid_response"},
+            )
+        )
+
+    def _skip(self, what: str, message: Any, level: int = logging.WARNING) -> None:
+        log.log(level, "server %s sent %s; skipped: %.200r", self.server_id, what, message)
+
+    def _oversized(self, frame: Oversized, via: Pending | None = None) -> None:
+        """A message over the size limit was dropped unread: fail the request it answered, if known."""
+        upstream_id = frame.response_id()
+        pending = via if via is not None else self._pending.get(upstream_id) if upstream_id is not None else None
+        log.error(
+            "server %s sent a message of over %d bytes (limits.max_upstream_message_bytes); dropped%s",
+            self.server_id,
+            self.max_message_bytes,
+            f", failing {pending.method}" if pending is not None else "",
+        )
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(self.too_large())
+
+    def too_large(self) -> UpstreamTooLarge:
+        limit = self.max_message_bytes
+        return UpstreamTooLarge(
+            f"server {self.server_id!r} sent a message over the gateway's limit of {limit} bytes",
+            data={"server": self.server_id, "reason": "too_large", "limit": limit},
+        )
 
     def _sole_downstream(self) -> Downstream | None:
         """The one downstream with requests in flight, if exactly one: stdio carries no request ids."""
@@ -253,7 +321,10 @@ class UpstreamSession(ABC):
             response["id"] = upstream_id
         except GatewayError as exc:
             response = error_response(upstream_id, exc.to_error())
-        await self.notify(response)
+        try:
+            await self.notify(response)
+        except GatewayError as exc:  # the upstream went away meanwhile: no one is left to answer
+            log.debug("server %s: could not answer its %s: %s", self.server_id, message["method"], exc.message)
 
     def fail_pending(self, error: GatewayError) -> int:
         """Answer every in-flight request with `error` now (the gateway's drain deadline)."""
@@ -283,4 +354,10 @@ class UpstreamSession(ABC):
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        """No task of a session ends with an exception nobody sees."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("server %s: a background task failed", self.server_id, exc_info=exc)

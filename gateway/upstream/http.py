@@ -4,6 +4,12 @@ Each request is one POST; the reply is JSON or an SSE stream whose events (progr
 requests, logs) belong to that request, which is exactly how `base.UpstreamSession` routes them.
 A GET stream, when the server offers one, carries the rest. `close` ends the session with DELETE.
 
+What the server sends is bounded (`limits.max_upstream_message_bytes` per message, read in chunks,
+never by aiohttp's line reader). Redirects are followed only within the configured URL's origin:
+the request carries the server's configured headers, credentials among them, which must not reach
+another host. Failures are described in the gateway's own words: aiohttp's exception reprs carry
+the request's headers, so they are never shown, logged or kept.
+
 The client is aiohttp rather than httpx: measured on the forwarding path (bench/overhead.py), a
 POST round trip costs ~0.2 ms of CPU with aiohttp against ~0.8 ms with httpx.
 """
@@ -18,19 +24,27 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from gateway.config import HttpServer
-from gateway.errors import GatewayError, SessionExpired, UpstreamClosed, UpstreamUnavailable
+from gateway.errors import GatewayError, SessionExpired, UpstreamClosed, UpstreamInvalid, UpstreamUnavailable
 from gateway.protocol import Message, dumps
 from gateway.upstream.base import Pending, UpstreamHandler, UpstreamSession
+from gateway.upstream.framing import Frame, Oversized, sse_data
 
 log = logging.getLogger(__name__)
 
 _ACCEPT = "application/json, text/event-stream"
-
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+_ERROR_BODY = 64 * 1024  # bytes of an HTTP error reply read for its JSON-RPC error
+_SHOWN = 200  # characters of an error reply quoted in the gateway's message
 
 HttpClient = aiohttp.ClientSession
-HttpError = aiohttp.ClientError
+# What an exchange can fail with, besides the gateway's own errors: aiohttp's client errors and
+# its parser's (a malformed status line or header from the server is not a ClientError).
+TRANSPORT_ERRORS = (aiohttp.ClientError, HttpProcessingError, OSError)
 
 
 # Idle connections are closed before the server would close them: a POST sent on a connection the
@@ -48,32 +62,44 @@ def make_client() -> HttpClient:
     )
 
 
-async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The `data` of each server-sent event, joined across lines per the SSE spec."""
-    data: list[str] = []
-    async for raw in response.content:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield "\n".join(data)
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong in an exchange, without the request's headers or URL (they may hold secrets)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        return f"cannot connect to {exc.host}:{exc.port} ({reason})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the reply was cut off or malformed"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, HttpProcessingError):
+        return "the server's HTTP reply was malformed"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
 
 
 class HttpSession(UpstreamSession):
     transport = "streamable-http"
 
     def __init__(
-        self, server_id: str, config: HttpServer, client: HttpClient, handler: UpstreamHandler | None = None
+        self,
+        server_id: str,
+        config: HttpServer,
+        client: HttpClient,
+        handler: UpstreamHandler | None = None,
+        **limits: int,
     ) -> None:
-        super().__init__(server_id, handler)
+        super().__init__(server_id, handler, **limits)
         self.config = config
         self._client = client
+        self._url = URL(config.url)  # moved by a redirect within its origin
         self.session_id: str | None = None
         self._headers: dict[str, str] = {**config.headers, "Accept": _ACCEPT, "Content-Type": "application/json"}
+        self._secrets = [value for value in config.headers.values() if len(value) >= 4]
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float) -> None:
@@ -83,16 +109,54 @@ class HttpSession(UpstreamSession):
             raise UpstreamUnavailable(exc.message, data=exc.data) from None
         self._headers["MCP-Protocol-Version"] = self.protocol_version
         self._listener = asyncio.create_task(self._listen(), name=f"{self.server_id}-get-stream")
+        self._listener.add_done_callback(self._task_done)
 
     def _failure(self, what: str, reason: str = "transport") -> UpstreamClosed:
+        for secret in self._secrets:  # belt and braces: an upstream may echo a header back in its error text
+            what = what.replace(secret, "***")
         return UpstreamClosed(f"server {self.server_id!r}: {what}", data={"server": self.server_id, "reason": reason})
 
-    async def _send(self, message: Message, pending: Pending | None) -> None:
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self, method: str, headers: dict[str, str], body: bytes | None = None, timeout: float | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One HTTP exchange with the server, redirects followed within its origin only."""
+        options: dict[str, Any] = {"allow_redirects": False}
+        if timeout is not None:
+            options["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = await self._client.request(method, self._url, data=body, headers=headers, **options)
+            except TRANSPORT_ERRORS as exc:
+                log.debug("server %s: %s %s", self.server_id, method, describe_failure(exc))
+                raise self._failure(f"HTTP exchange failed: {describe_failure(exc)}") from None
+            async with response:  # released at the end: back to the pool if read whole, else closed
+                if response.status not in _REDIRECTS or "location" not in response.headers:
+                    try:
+                        yield response
+                    except TRANSPORT_ERRORS as exc:
+                        raise self._failure(f"HTTP exchange failed: {describe_failure(exc)}") from None
+                    return
+            self._url = self._redirect(response.status, response.headers["location"])
+        raise self._failure(f"more than {MAX_REDIRECTS} redirects from the configured URL")
+
+    def _redirect(self, status: int, location: str) -> URL:
         try:
-            async with self._client.post(self.config.url, data=dumps(message), headers=self._headers) as response:
-                await self._read_reply(message, response, pending)
-        except HttpError as exc:
-            raise self._failure(f"HTTP exchange failed: {exc!r}") from None
+            target = self._url.join(URL(location))
+        except ValueError:
+            raise self._failure(f"HTTP {status} redirect to an invalid location") from None
+        if target.origin() != self._url.origin():
+            raise self._failure(
+                f"HTTP {status} redirect to another origin ({target.origin()}) not followed: the request "
+                "carries this server's configured headers; configure the server's final URL instead",
+                reason="redirect",
+            )
+        log.info("server %s: HTTP %d redirect to %s (same origin); configure that URL", self.server_id, status, target)
+        return target
+
+    async def _send(self, message: Message, pending: Pending | None) -> None:
+        async with self._exchange("POST", self._headers, dumps(message)) as response:
+            await self._read_reply(message, response, pending)
 
     async def _read_reply(self, message: Message, response: aiohttp.ClientResponse, pending: Pending | None) -> None:
         status = response.status
@@ -107,7 +171,7 @@ class HttpSession(UpstreamSession):
             return
         content_type = response.headers.get("content-type", "")
         if status >= 400:
-            body = await response.read()
+            body = await response.content.read(_ERROR_BODY)
             if content_type.startswith("application/json") and pending is not None:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     reply = orjson.loads(body)
@@ -115,20 +179,45 @@ class HttpSession(UpstreamSession):
                         reply["id"] = message.get("id")
                         self._dispatch(reply, pending)
                         return
-            raise self._failure(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
+            raise self._failure(f"HTTP {status}: {body[:_SHOWN].decode('utf-8', 'replace')}")
         if message.get("method") == "initialize":
             self.session_id = response.headers.get("mcp-session-id")
             if self.session_id:
                 self._headers["Mcp-Session-Id"] = self.session_id
         if content_type.startswith("text/event-stream"):
-            async for data in iter_sse(response):
-                self._dispatch_data(data.encode(), pending)
+            async for data in sse_data(response.content.iter_any(), self.max_message_bytes):
+                self._receive(data, pending)
                 if pending is not None and pending.future.done():
                     return
         else:
-            self._dispatch_data(await response.read(), pending)
+            self._receive(await self._read_body(response), pending)
+        if pending is not None and not pending.future.done():
+            # The reply is over and did not answer: nothing else will (the gateway does not resume streams).
+            pending.future.set_exception(
+                UpstreamInvalid(
+                    f"server {self.server_id!r} ended its reply to {pending.method} without answering it",
+                    data={"server": self.server_id, "reason": "invalid_response"},
+                )
+            )
 
-    def _dispatch_data(self, data: bytes, pending: Pending | None) -> None:
+    async def _read_body(self, response: aiohttp.ClientResponse) -> Frame:
+        """A JSON reply, read whole unless it is over the message limit."""
+        limit = self.max_message_bytes
+        if response.content_length is not None and response.content_length > limit:
+            return Oversized(response.content_length, b"", b"")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return Oversized(size, b"", b"")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _receive(self, data: Frame, pending: Pending | None) -> None:
+        if isinstance(data, Oversized):
+            self._oversized(data, pending)
+            return
         if not data.strip():
             return
         try:
@@ -146,18 +235,18 @@ class HttpSession(UpstreamSession):
         failures = 0
         while not self.closed and failures < 5:
             try:
-                async with self._client.get(self.config.url, headers=headers) as response:
+                async with self._exchange("GET", headers) as response:
                     if response.status == 405:
                         return  # the server offers no GET stream
                     if response.status != 200:
                         failures += 1
                     else:
                         failures = 0
-                        async for data in iter_sse(response):
-                            self._dispatch_data(data.encode(), None)
-            except HttpError as exc:
+                        async for data in sse_data(response.content.iter_any(), self.max_message_bytes):
+                            self._receive(data, None)
+            except GatewayError as exc:
                 failures += 1
-                log.debug("GET stream of %s broke: %r", self.server_id, exc)
+                log.debug("GET stream of %s broke: %s", self.server_id, exc.message)
             await asyncio.sleep(min(2.0**failures, 30.0))
 
     async def _close_transport(self) -> None:
@@ -165,8 +254,6 @@ class HttpSession(UpstreamSession):
             self._listener.cancel()
         if self.session_id is None:
             return
-        with contextlib.suppress(HttpError, GatewayError, TimeoutError):
-            async with self._client.delete(
-                self.config.url, headers=self._headers, timeout=aiohttp.ClientTimeout(total=5.0)
-            ):
+        with contextlib.suppress(GatewayError, TimeoutError):
+            async with self._exchange("DELETE", self._headers, timeout=5.0):
                 pass

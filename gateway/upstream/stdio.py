@@ -3,7 +3,8 @@
 The child gets the MCP SDK's minimal environment plus its configured `env`, so the gateway's own
 secrets never reach it. It runs in a process group of its own (so `npx` and the `node` it spawns
 stop together) and dies with the gateway. Its stderr is logged line by line, tagged with the
-server id. A stdout line that is not JSON is logged and skipped; EOF fails every in-flight request.
+server id. A stdout line that is not JSON, or over the message size limit, is logged and skipped
+(the second fails the request it answered); EOF fails every in-flight request.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from gateway.errors import UpstreamClosed, UpstreamUnavailable
 from gateway.protocol import Message, dumps
 from gateway.upstream.base import Pending, UpstreamHandler, UpstreamSession
 from gateway.upstream.child import Child
+from gateway.upstream.framing import Frame, LineSplitter, Oversized
 
 log = logging.getLogger(__name__)
 stderr_log = logging.getLogger("gateway.upstream.stderr")
 
-MAX_LINE = 64 * 1024 * 1024  # one JSON-RPC message; larger is a protocol failure
+_READ_CHUNK = 256 * 1024
 _HIGH_WATER = 256 * 1024
 _EXIT_GRACE = 2.0  # seconds a process gets to exit after closing its stdout
 _PR_SET_PDEATHSIG = 1
@@ -46,8 +48,10 @@ def child_environment(config: StdioServer) -> dict[str, str]:
 class StdioSession(UpstreamSession):
     transport = "stdio"
 
-    def __init__(self, server_id: str, config: StdioServer, handler: UpstreamHandler | None = None) -> None:
-        super().__init__(server_id, handler)
+    def __init__(
+        self, server_id: str, config: StdioServer, handler: UpstreamHandler | None = None, **limits: int
+    ) -> None:
+        super().__init__(server_id, handler, **limits)
         self.config = config
         self._proc: Child | None = None
         self._readers: list[asyncio.Task[None]] = []
@@ -64,7 +68,7 @@ class StdioSession(UpstreamSession):
                 [self.config.command, *self.config.args],
                 env=child_environment(self.config),
                 cwd=self.config.cwd,
-                limit=MAX_LINE,
+                limit=_READ_CHUNK,
                 preexec_fn=_die_with_parent,
             )
         except OSError as exc:
@@ -96,32 +100,46 @@ class StdioSession(UpstreamSession):
             ) from None
 
     async def _read_stdout(self) -> None:
+        """Read messages until EOF. Nothing a server writes ends this task early: that would leave
+        the server looking alive while nobody reads its answers (a wedge)."""
+        detail = "end of output"
+        try:
+            await self._read_messages()
+        except Exception:
+            log.exception("server %s: reading its stdout failed; stopping it", self.server_id)
+            detail = "the gateway failed to read its output"
+            self._kill()
+        await self._reap(detail)
+
+    async def _read_messages(self) -> None:
         assert self._proc is not None
         stdout = self._proc.stdout
-        detail = "end of output"
-        while True:
-            try:
-                line = await stdout.readline()
-            except ValueError:  # a line over MAX_LINE
-                log.error("server %s wrote a line over %d bytes on stdout; stopping it", self.server_id, MAX_LINE)
-                detail = "oversized message on stdout"
-                self._kill()
-                break
-            if not line:
-                break
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                message: Any = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                log.warning("server %s wrote a line that is not JSON on stdout; skipped: %.200r", self.server_id, line)
-                continue
-            if isinstance(message, list):
-                for item in message:
-                    self._dispatch(item)
-            else:
-                self._dispatch(message)
+        splitter = LineSplitter(self.max_message_bytes)
+        while chunk := await stdout.read(_READ_CHUNK):
+            for line in splitter.feed(chunk):
+                self._receive(line)
+        last = splitter.finish()
+        if last is not None:
+            self._receive(last)
+
+    def _receive(self, line: Frame) -> None:
+        if isinstance(line, Oversized):
+            self._oversized(line)
+            return
+        line = line.strip()
+        if not line:
+            return
+        try:
+            message: Any = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            log.warning("server %s wrote a line that is not JSON on stdout; skipped: %.200r", self.server_id, line)
+            return
+        for item in message if isinstance(message, list) else (message,):
+            self._dispatch(item)
+
+    async def _reap(self, detail: str) -> None:
+        """The process's stdout ended: wait for its exit (or make it), and close what it leaves."""
+        assert self._proc is not None
         if self.closed:
             code = await self._proc.wait()  # the gateway is stopping it, with its own grace period
         else:

@@ -33,6 +33,7 @@ class RecordingObserver:
     acquires: int = 0  # pool_acquired calls: every acquire, whether it succeeded or not
     starts: list[str] = field(default_factory=list)
     stops: list[tuple[str, str]] = field(default_factory=list)
+    rejections: Counter[str] = field(default_factory=Counter)
 
     def pool_event(self, server_id: str, event: str, reason: str | None = None) -> None:
         if event == PoolEvent.HIT:
@@ -64,4 +65,10 @@ class RecordingObserver:
         pass
 
     def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:
+        pass
+
+    def rejected(self, server_id: str | None, reason: str) -> None:
+        self.rejections[reason] += 1
+
+    def omitted(self, server_id: str, reason: str) -> None:
         pass

@@ -214,7 +214,7 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(which=st.integers(0, 20), failed=st.booleans())
     def give_back(self, which: int, failed: bool) -> None:
         identity, lease = self.held.pop(which % len(self.held))
-        self.run(lambda: self.pool.release(self.runtime, lease, failed))
+        self.run(lambda: self.pool.release(self.runtime, lease, identity=identity, failed=failed))
         if failed:
             assert lease not in self.pooled()
 
@@ -230,7 +230,7 @@ class PoolMachine(RuleBasedStateMachine):
         except UpstreamClosed:
             broke = True
         assert broke == (lease.session.closed or isinstance(lease.session, FakeSession) and lease.session.broken)
-        self.run(lambda: self.pool.release(self.runtime, lease, broke))
+        self.run(lambda: self.pool.release(self.runtime, lease, identity=identity, failed=broke))
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 6.0]))
     def time_passes(self, seconds: float) -> None:

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,16 @@ class Harness:
     def server_id(self) -> str:
         return self.runtime.id
 
+    callers: dict[int, list[str]] = field(default_factory=dict)  # who holds each lease, by id(lease)
+
     async def acquire(self, identity: str) -> Lease:
-        return await self.pool.acquire(self.runtime, identity)
+        lease = await self.pool.acquire(self.runtime, identity)
+        self.callers.setdefault(id(lease), []).append(identity)
+        return lease
 
     def release(self, lease: Lease, failed: bool = False) -> None:
-        self.pool.release(self.runtime, lease, failed)
+        identity = self.callers[id(lease)].pop()
+        self.pool.release(self.runtime, lease, identity=identity, failed=failed)
 
     async def touch(self, identity: str) -> Lease:
         """Acquire and release at once: one request's worth of use."""

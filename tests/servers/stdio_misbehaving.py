@@ -6,8 +6,12 @@ Tools: ``echo`` answers normally; ``garbage`` writes a non-JSON line to stdout, 
 ``env`` returns the process environment as JSON text; ``cancelled`` returns, as JSON text, the ids of the
 ``hang`` requests and of the ``notifications/cancelled`` received; ``deafen`` answers, then leaves every later
 ``ping`` unanswered (other requests still answer), as a server whose health checks fail.
+``replay`` writes the raw ``lines`` it is given on stdout (``$ID`` in them becomes the request's id, as
+JSON), then answers like echo unless ``answer`` is false; ``big`` answers with a text of ``size``
+characters; ``flood`` sends ``count`` notifications/resources/updated, each padded to ``size`` bytes.
 It writes one line to stderr at startup.
-With ``MISBEHAVING_STUBBORN=1`` in its environment it ignores SIGTERM and outlives the end of stdin.
+With ``MISBEHAVING_STUBBORN=1`` in its environment it ignores SIGTERM and outlives the end of stdin;
+with ``MISBEHAVING_INIT_DELAY=S`` it answers initialize after S seconds (``inf``: never).
 """
 
 from __future__ import annotations
@@ -65,6 +69,21 @@ TOOLS: list[dict[str, Any]] = [
         "inputSchema": _NO_ARGS_SCHEMA,
     },
     {"name": "deafen", "description": "Answer, then never answer ping again.", "inputSchema": _NO_ARGS_SCHEMA},
+    {
+        "name": "replay",
+        "description": "Write the given raw lines ($ID: this request's id), then answer unless answer is false.",
+        "inputSchema": {"type": "object", "properties": {"lines": {"type": "array"}, "answer": {"type": "boolean"}}},
+    },
+    {
+        "name": "big",
+        "description": "Answer with a text of the given size.",
+        "inputSchema": {"type": "object", "properties": {"size": {"type": "integer"}}},
+    },
+    {
+        "name": "flood",
+        "description": "Send count notifications/resources/updated of about size bytes each, then answer.",
+        "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}, "size": {"type": "integer"}}},
+    },
 ]
 
 PAGE_SIZE = 3
@@ -125,6 +144,30 @@ def _call_tool(request_id: Any, params: dict[str, Any]) -> None:
         global DEAF
         DEAF = True
         _result(request_id, _text_result("deaf to ping from now on"))
+    elif name == "replay":
+        for line in arguments.get("lines") or []:
+            sys.stdout.write(str(line).replace("$ID", json.dumps(request_id)) + "\n")
+        sys.stdout.flush()
+        if arguments.get("answer", True):
+            _result(request_id, _text_result("replayed"))
+    elif name == "big":
+        _result(request_id, _text_result("x" * int(arguments.get("size", 0))))
+    elif name == "flood":
+        padding = "p" * int(arguments.get("size", 0))
+        for n in range(int(arguments.get("count", 0))):
+            uri = f"flood://{n}"
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/resources/updated",
+                        "params": {"uri": uri, "padding": padding},
+                    }
+                )
+                + "\n"
+            )
+        sys.stdout.flush()
+        _result(request_id, _text_result("flooded"))
     else:
         _error(request_id, INVALID_PARAMS, f"Unknown tool: {name}")
 
@@ -140,6 +183,10 @@ def _handle(message: dict[str, Any]) -> None:
     request_id = message["id"]
     params = message.get("params") or {}
     if method == "initialize":
+        delay = float(os.environ.get("MISBEHAVING_INIT_DELAY", "0"))
+        if delay == float("inf"):
+            return  # a server that never comes up
+        time.sleep(delay)
         _result(
             request_id,
             {

@@ -78,7 +78,7 @@ def _target_labels(metrics: object) -> dict[str, str]:
 
 def test_openmetrics_page() -> None:
     pipeline, _ = _pipeline()
-    body, headers = render(pipeline.prometheus, accept="application/openmetrics-text; version=1.0.0")
+    body, headers = render(pipeline.prometheus, openmetrics=True)
     text = body.decode()
     assert headers["Content-Type"] == OPENMETRICS_CONTENT_TYPE
     assert text.endswith("# EOF\n")
@@ -90,7 +90,7 @@ def test_openmetrics_page() -> None:
 def test_gzip_when_accepted() -> None:
     pipeline, _ = _pipeline()
     plain, _ = render(pipeline.prometheus)
-    zipped, headers = render(pipeline.prometheus, accept_encoding="gzip, deflate")
+    zipped, headers = render(pipeline.prometheus, gzipped=True)
     assert headers["Content-Encoding"] == "gzip"
     assert gzip.decompress(zipped) == plain
 
