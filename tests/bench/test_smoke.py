@@ -49,3 +49,10 @@ def test_pool_benchmark_runs(tmp_path: Path) -> None:
     arms = {row["arm"] for row in result["summary"]}
     assert arms == {"direct", "gateway, pooled", "gateway, a session per call"}
     assert result["hit"]["acquire_release_us_median"] > 0
+
+
+def test_soak_benchmark_runs(tmp_path: Path) -> None:
+    result = _run("soak.py", tmp_path / "soak.json")
+    assert result["lost"] == 0 and result["tracebacks_in_log"] == 0, result["failed"]
+    assert result["ok"] > 0 and result["kills"] >= 1
+    assert result["samples"] and result["slopes_per_hour"].keys() == {"rss_mib", "open_fds", "tasks", "series", "p99_ms"}
