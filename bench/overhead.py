@@ -50,7 +50,7 @@ def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 30.0) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -75,7 +75,10 @@ def start_http_upstream() -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{line.split()[1]}/mcp"
 
 
-def start_gateway(upstream_url: str, workdir: Path, loop: str = "auto") -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(
+    upstream_url: str, workdir: Path, loop: str = "auto", repo: Path = REPO
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A gateway on a free port; `repo` is the checkout it runs from (another commit's, for a baseline)."""
     port = free_port()
     config = {
         "gateway": {"id": "bench", "port": port},
@@ -84,14 +87,14 @@ def start_gateway(upstream_url: str, workdir: Path, loop: str = "auto") -> tuple
             "demo": {"command": PY, "args": ["-m", "gateway.demo_server"], "lazy": False},
         },
     }
-    path = workdir / f"gateway-{loop}.yaml"
+    path = workdir / f"gateway-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
-    log = (workdir / f"gateway-{loop}.log").open("wb")
-    proc = subprocess.Popen(
+    log = (workdir / f"gateway-{port}.log").open("wb")
+    proc = subprocess.Popen(  # `-m gateway` imports the package of its working directory first
         [PY, "-m", "gateway", "serve", "--config", str(path), "--log-level", "warning", "--loop", loop],
         stdout=log,
         stderr=subprocess.STDOUT,
-        cwd=REPO,
+        cwd=repo,
     )
     base = f"http://127.0.0.1:{port}"
     wait_ready(base + "/readyz", proc)
@@ -188,12 +191,13 @@ async def run_arm(
     )
 
 
-async def bench(calls: int, concurrencies: list[int], rounds: int) -> list[Result]:
+async def bench(calls: int, concurrencies: list[int], rounds: int, baseline: Path | None = None) -> list[Result]:
     upstream, upstream_url = start_http_upstream()
     workdir = Path(tempfile.mkdtemp(prefix="mcp-gateway-bench-"))
     # The gateway as it runs by default (uvloop), and on the standard library's loop.
     gateway, base = start_gateway(upstream_url, workdir)
     stdlib, stdlib_base = start_gateway(upstream_url, workdir, "asyncio")
+    gateways: list[subprocess.Popen[bytes]] = [gateway, stdlib]
     arms: list[tuple[str, Connect, str, int | None]] = [
         ("http direct", http_connect(upstream_url), "echo", None),
         ("http via gateway", http_connect(f"{base}/servers/remote/mcp"), "echo", gateway.pid),
@@ -202,6 +206,13 @@ async def bench(calls: int, concurrencies: list[int], rounds: int) -> list[Resul
         ("stdio via gateway", http_connect(f"{base}/servers/demo/mcp"), "echo", gateway.pid),
         ("stdio via gw/asyncio", http_connect(f"{stdlib_base}/servers/demo/mcp"), "echo", stdlib.pid),
     ]
+    if baseline is not None:  # another commit's gateway, beside this one: before and after in one run
+        old, old_base = start_gateway(upstream_url, workdir, repo=baseline)
+        gateways.append(old)
+        arms += [
+            ("http via baseline", http_connect(f"{old_base}/servers/remote/mcp"), "echo", old.pid),
+            ("stdio via baseline", http_connect(f"{old_base}/servers/demo/mcp"), "echo", old.pid),
+        ]
     results: list[Result] = []
     try:
         # Rounds interleave the arms so that a noisy neighbour hurts them all alike.
@@ -210,9 +221,12 @@ async def bench(calls: int, concurrencies: list[int], rounds: int) -> list[Resul
                 for arm, connect, tool, pid in arms:
                     results.append(await run_arm(arm, connect, tool, concurrency, calls, pid))
     finally:
-        for proc in (gateway, stdlib, upstream):
+        upstream.send_signal(signal.SIGTERM)
+        for proc in gateways:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        for gateway_proc in gateways:
+            gateway_proc.wait(30)
+        upstream.wait(30)
     return results
 
 
@@ -274,18 +288,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="a few calls, to check the benchmark runs")
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "overhead.json"))
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another commit (e.g. `git worktree add /tmp/base HEAD~1`): its gateway runs as more arms",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.calls, args.concurrency, args.rounds = 40, "1,4", 1
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    results = asyncio.run(bench(args.calls, concurrencies, args.rounds))
+    results = asyncio.run(bench(args.calls, concurrencies, args.rounds, args.baseline))
     rows = summarize(results)
     print_table(rows)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
-            {"machine": machine(), "args": vars(args), "summary": rows, "runs": [asdict(r) for r in results]},
+            {
+                "machine": machine(),
+                "args": {**vars(args), "baseline": str(args.baseline) if args.baseline else None},
+                "summary": rows,
+                "runs": [asdict(r) for r in results],
+            },
             indent=2,
         )
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -77,6 +78,8 @@ class Sample:
     fds: int
     tasks: float | None
     series: int
+    cpu_s: float  # the gateway's CPU time so far (user + system)
+    calls: int  # calls answered so far
 
 
 def start_gateway(upstream_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -178,11 +181,12 @@ async def _sampler(
     while not stop.is_set():
         series, tasks = await asyncio.to_thread(_series_and_tasks, base)
         memory = gateway.memory_info().rss / 2**20
-        samples.append(Sample(time.monotonic() - load.started, memory, gateway.num_fds(), tasks, series))
-        try:
+        cpu = gateway.cpu_times()
+        answered = load.tally.ok + sum(load.tally.failed.values())
+        t = time.monotonic() - load.started
+        samples.append(Sample(t, memory, gateway.num_fds(), tasks, series, cpu.user + cpu.system, answered))
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
-        except TimeoutError:
-            pass
 
 
 async def _killer(base: str, every: float, stop: asyncio.Event, kills: list[float]) -> None:
@@ -230,7 +234,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         rate = capacity / 2
         print(f"capacity {capacity:.0f} calls/s over {args.calibrate:g} s; soaking at {rate:.0f} calls/s", flush=True)
 
-        load, samples, kills, stop = Load(base, rate), [], [], asyncio.Event()
+        load, stop = Load(base, rate), asyncio.Event()
+        samples: list[Sample] = []
+        kills: list[float] = []
         gateway = psutil.Process(proc.pid)
         background = [
             asyncio.create_task(_sampler(base, gateway, load, args.scrape_every, samples, stop)),
@@ -259,6 +265,8 @@ def _report(
 ) -> dict[str, Any]:
     warm = min(60.0, args.minutes * 60 / 4)  # the first minute: imports, first sessions, caches filling
     steady = [s for s in samples if s.t >= warm]
+    second_half = [s for s in samples if s.t >= args.minutes * 30]
+    cpu = _cpu_per_call(samples)
     windows = _p99_windows(load.tally.latencies, args.window)
     edge = max(1, len(windows) // 10)
     tally = load.tally
@@ -273,32 +281,64 @@ def _report(
         "lost": tally.lost,
         "kills": len(kills),
         "tracebacks_in_log": log.count("Traceback"),
-        "slopes_per_hour": {
-            "rss_mib": _slope_per_hour([(s.t, s.rss_mib) for s in steady]),
-            "open_fds": _slope_per_hour([(s.t, s.fds) for s in steady]),
-            "tasks": _slope_per_hour([(s.t, s.tasks) for s in steady if s.tasks is not None]),
-            "series": _slope_per_hour([(s.t, s.series) for s in steady]),
-            "p99_ms": _slope_per_hour([w for w in windows if w[0] >= warm]),
-        },
+        "slopes_per_hour": _slopes(steady, [w for w in windows if w[0] >= warm], [c for c in cpu if c[0] >= warm]),
+        "slopes_per_hour_second_half": _slopes(
+            second_half,
+            [w for w in windows if w[0] >= args.minutes * 30],
+            [c for c in cpu if c[0] >= args.minutes * 30],
+        ),
         "first_and_last": {
             "rss_mib": [round(samples[0].rss_mib, 1), round(samples[-1].rss_mib, 1)] if samples else None,
             "open_fds": [samples[0].fds, samples[-1].fds] if samples else None,
             "tasks": [samples[0].tasks, samples[-1].tasks] if samples else None,
             "series": [samples[0].series, samples[-1].series] if samples else None,
-            "p99_ms": [
-                round(statistics.median(p for _, p in windows[:edge]), 2),
-                round(statistics.median(p for _, p in windows[-edge:]), 2),
-            ]
-            if windows
-            else None,
+            "p99_ms": _ends(windows, edge),
+            "cpu_ms_per_call": _ends(cpu, max(1, len(cpu) // 10)),
         },
         "samples": [asdict(s) for s in samples],
+        "cpu_ms_per_call": cpu,
         "p99_windows_ms": windows,
     }
 
 
+def _cpu_per_call(samples: list[Sample]) -> list[tuple[float, float]]:
+    """The gateway's CPU milliseconds per answered call, between consecutive samples."""
+    return [
+        (b.t, (b.cpu_s - a.cpu_s) * 1000 / (b.calls - a.calls))
+        for a, b in itertools.pairwise(samples)
+        if b.calls > a.calls
+    ]
+
+
+def _slopes(
+    samples: list[Sample], windows: list[tuple[float, float]], cpu: list[tuple[float, float]]
+) -> dict[str, float | None]:
+    return {
+        "rss_mib": _slope_per_hour([(s.t, s.rss_mib) for s in samples]),
+        "open_fds": _slope_per_hour([(s.t, s.fds) for s in samples]),
+        "tasks": _slope_per_hour([(s.t, s.tasks) for s in samples if s.tasks is not None]),
+        "series": _slope_per_hour([(s.t, s.series) for s in samples]),
+        "p99_ms": _slope_per_hour(windows),
+        "cpu_ms_per_call": _slope_per_hour(cpu),
+    }
+
+
+def _ends(points: list[tuple[float, float]], edge: int) -> list[float] | None:
+    """The median of the first and of the last `edge` points."""
+    if not points:
+        return None
+    return [
+        round(statistics.median(p for _, p in points[:edge]), 3),
+        round(statistics.median(p for _, p in points[-edge:]), 3),
+    ]
+
+
 def _table(result: dict[str, Any]) -> str:
-    first_last, slopes = result["first_and_last"], result["slopes_per_hour"]
+    first_last, slopes, late = (
+        result["first_and_last"],
+        result["slopes_per_hour"],
+        result["slopes_per_hour_second_half"],
+    )
 
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:+.2f}"
@@ -308,11 +348,11 @@ def _table(result: dict[str, Any]) -> str:
         f"(capacity {result['capacity_calls_per_s']:.0f}); victim killed {result['kills']} times",
         f"calls {result['calls']}: ok {result['ok']}, failed {result['failed']}, LOST {result['lost']}; "
         f"tracebacks in the gateway's log: {result['tracebacks_in_log']}",
-        f"{'':12} {'first':>10} {'last':>10} {'slope/h':>10}",
+        f"{'':16} {'first':>10} {'last':>10} {'slope/h':>10} {'2nd half':>10}",
     ]
-    for key in ("rss_mib", "open_fds", "tasks", "series", "p99_ms"):
+    for key in ("rss_mib", "open_fds", "tasks", "series", "p99_ms", "cpu_ms_per_call"):
         pair = first_last[key] or [None, None]
-        lines.append(f"{key:12} {pair[0]!s:>10} {pair[1]!s:>10} {fmt(slopes[key]):>10}")
+        lines.append(f"{key:16} {pair[0]!s:>10} {pair[1]!s:>10} {fmt(slopes[key]):>10} {fmt(late[key]):>10}")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import PY, REPO
+from tests.support.paths import PY, REPO
 
 
 def _run(script: str, out: Path) -> dict:  # type: ignore[type-arg]
@@ -55,4 +55,10 @@ def test_soak_benchmark_runs(tmp_path: Path) -> None:
     result = _run("soak.py", tmp_path / "soak.json")
     assert result["lost"] == 0 and result["tracebacks_in_log"] == 0, result["failed"]
     assert result["ok"] > 0 and result["kills"] >= 1
-    assert result["samples"] and result["slopes_per_hour"].keys() == {"rss_mib", "open_fds", "tasks", "series", "p99_ms"}
+    assert result["samples"] and result["slopes_per_hour"].keys() == {
+        "rss_mib",
+        "open_fds",
+        "tasks",
+        "series",
+        "p99_ms",
+    }
