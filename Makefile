@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run install tools test lint format bench clean
+.PHONY: run install tools test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: install tools
 	$(PY) -m coverage combine --quiet
 	$(PY) -m coverage report --skip-covered --sort=cover
 	@tail -n 1 .pytest-output  # the test count, last, where CI reads it
+
+# The in-process tier (pure logic, no process started): seconds, no install step; run it while you work.
+test-fast:
+	@test -x $(PY) || { echo "no $(VENV): run 'make install' once"; exit 1; }
+	$(PY) -m pytest -p no:cacheprovider -q -m fast
 
 lint: install
 	$(PY) -m ruff check gateway telemetry tests bench deploy

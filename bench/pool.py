@@ -24,8 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import PY, REPO, cpu_seconds, machine, start_http_upstream  # noqa: E402
-from bench.telemetry import load, start_gateway  # noqa: E402
+from bench.overhead import PY, REPO, cpu_seconds, machine, start_http_upstream
+from bench.telemetry import load, start_gateway
 
 
 async def arms(calls: int, concurrencies: list[int], rounds: int, workdir: Path) -> list[dict[str, Any]]:
@@ -91,23 +91,23 @@ async def hit_cost(iterations: int) -> dict[str, float]:
     """acquire + release on a hit, in-process, against a real stdio demo server."""
     from gateway.config import parse_config
     from gateway.events import NullObserver
-    from gateway.lifecycle import ServerRuntime
     from gateway.pool import SessionPool
+    from gateway.runtime import build_runtime
 
     config = parse_config({"servers": {"demo": {"command": PY, "args": ["-m", "gateway.demo_server"]}}})
     observer = NullObserver()
-    runtime = ServerRuntime("demo", config.servers["demo"], observer, lambda *args: None)
+    runtime = build_runtime("demo", config.servers["demo"], observer, lambda *args: None)
     pool = SessionPool(observer)
     pool.add(runtime)
-    lease = await pool.acquire(runtime, "anonymous")  # the miss that starts the server
-    pool.release(runtime, lease, identity="anonymous")
+    pooled = await pool.acquire(runtime, "anonymous")  # the miss that starts the server
+    pool.release(runtime, pooled, identity="anonymous")
     samples = []
     try:
         for _ in range(5):
             started = time.perf_counter()
             for _ in range(iterations):
-                lease = await pool.acquire(runtime, "anonymous")
-                pool.release(runtime, lease, identity="anonymous")
+                pooled = await pool.acquire(runtime, "anonymous")
+                pool.release(runtime, pooled, identity="anonymous")
             samples.append((time.perf_counter() - started) / iterations * 1e6)
     finally:
         await runtime.close()

@@ -36,13 +36,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import PY, REPO, cpu_seconds, free_port, machine, start_http_upstream, wait_ready  # noqa: E402
+from bench.overhead import PY, REPO, cpu_seconds, free_port, machine, start_http_upstream, wait_ready
 
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 class _Sink(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -205,6 +205,9 @@ def scrape_cost(servers: int, tools: int, repeats: int) -> dict[str, Any]:
         def pool_samples(self) -> list[PoolSample]:
             return [PoolSample(f"server-{i}", 0, 1) for i in range(servers)]
 
+        def tasks(self) -> int | None:
+            return 10
+
     def populate(recorder: Recorder) -> None:
         methods = ["initialize", "tools/list", "prompts/get", "resources/read", "ping"]
         for i in range(servers):
@@ -218,12 +221,30 @@ def scrape_cost(servers: int, tools: int, repeats: int) -> dict[str, Any]:
             recorder.pool_event(sid, "evicted", "idle")
             for name in names:
                 recorder.request_finished(
-                    RequestRecord(sid, "tools/call", name, 0.02, None, 0.019, "2025-11-25", "stdio")
+                    RequestRecord(
+                        server_id=sid,
+                        method="tools/call",
+                        target=name,
+                        duration=0.02,
+                        error_type=None,
+                        upstream_duration=0.019,
+                        protocol_version="2025-11-25",
+                        upstream_transport="stdio",
+                    )
                 )
             for method in methods:
                 target = "greet" if method == "prompts/get" else None
                 recorder.request_finished(
-                    RequestRecord(sid, method, target, 0.01, "timeout", 0.01, "2025-11-25", "stdio")
+                    RequestRecord(
+                        server_id=sid,
+                        method=method,
+                        target=target,
+                        duration=0.01,
+                        error_type="timeout",
+                        upstream_duration=0.01,
+                        protocol_version="2025-11-25",
+                        upstream_transport="stdio",
+                    )
                 )
             recorder.session_closed("server", 30.0, "2025-11-25", None)
             recorder.session_closed("client", 60.0, "2025-11-25", "stdio")
@@ -240,7 +261,8 @@ def scrape_cost(servers: int, tools: int, repeats: int) -> dict[str, Any]:
     # One pipeline at a time, so neither pays for the other's objects in garbage collection.
     settings = TelemetrySettings(gateway_id="bench", cardinality_limit=1_000_000)
     ours = build_pipeline(settings)
-    populate(Recorder(ours.provider.get_meter("mcp-gateway"), settings, Fleet()))
+    populate(recorder := Recorder(ours.provider.get_meter("mcp-gateway"), settings))
+    recorder.watch(Fleet())
     ours_s, page = timed(lambda: render(ours.prometheus)[0])
     ours_gzip_s, zipped = timed(lambda: render(ours.prometheus, gzipped=True)[0])
     resource = ours.resource
@@ -249,7 +271,8 @@ def scrape_cost(servers: int, tools: int, repeats: int) -> dict[str, Any]:
     registry = CollectorRegistry(auto_describe=False)
     stock_reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
     stock_provider = MeterProvider(metric_readers=[stock_reader], resource=resource)
-    populate(Recorder(stock_provider.get_meter("mcp-gateway"), settings, Fleet()))
+    populate(stock := Recorder(stock_provider.get_meter("mcp-gateway"), settings))
+    stock.watch(Fleet())
     stock_s, stock_page = timed(lambda: generate_latest(registry))
     stock_provider.shutdown()
     histogram_series = page.count(b"_count{")

@@ -2,8 +2,9 @@
 
 The gateway answers `initialize` and `ping` itself, merges the lists of all servers (tool and
 prompt names become `{server_id}__{name}`; resources keep their URIs) and routes each call to its
-owner through `forward`. A server that fails to start or list is left out and its error logged
-and shown in `/servers`; the others are listed as usual.
+owner through the `Forwarder`. It reports the requests it answers itself. A server that fails to
+start or list is left out and its error logged and shown in `/servers`; one still starting past
+`limits.cold_start_wait` is left out of that answer too; the others are listed as usual.
 """
 
 from __future__ import annotations
@@ -13,21 +14,20 @@ import base64
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from gateway import __version__
 from gateway.errors import GatewayError, InvalidParams, MethodNotFound, NotFound, ResourceNotFound
-from gateway.events import Omission, RequestRecord
-from gateway.forward import forward, forward_notification, named_target
-from gateway.lifecycle import ServerRuntime
+from gateway.events import Observer, Omission, RequestRecord
+from gateway.forward import Forwarder
 from gateway.protocol import Message, error_response, result_response
-from gateway.sessions import ClientSession
-from gateway.upstream.base import Downstream
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.runtime import ServerRuntime
+from gateway.sessions import DownstreamSession
+from gateway.upstream.base import ClientChannel
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,17 @@ _LIST_CHANGED = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class AggregateLimits:
+    page_size: int  # items per page of the merged lists
+    cold_start_wait: float  # seconds an answer waits for a server still starting
+
+
 class _StillStarting(Exception):
     """A server left out of an aggregated answer because it was still starting (counted where raised)."""
 
 
-def _template_pattern(template: str) -> re.Pattern[str]:
+def template_pattern(template: str) -> re.Pattern[str]:
     """A regex for an RFC 6570 template, enough to route a URI to the server that declared it."""
     out, pos = [], 0
     for match in re.finditer(r"\{([+#]?)[^}]*\}", template):
@@ -65,15 +71,33 @@ def _template_pattern(template: str) -> re.Pattern[str]:
 
 
 class Aggregator:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    """`/mcp`'s handler: the servers as one, through the forwarder."""
+
+    server_id: str | None = None  # no one server: requests it answers itself are the gateway's
+    transport: str | None = None
+
+    def __init__(
+        self,
+        servers: Mapping[str, ServerRuntime],
+        forwarder: Forwarder,
+        observer: Observer,
+        limits: AggregateLimits,
+        announce: Callable[[str, Message], None],
+    ) -> None:
+        self.servers = servers
+        self.forwarder = forwarder
+        self.observer = observer
+        self.limits = limits
+        self._announce = announce  # to one caller's /mcp sessions: (identity, notification)
         self._resources: dict[str, str] = {}  # uri -> server id
         self._templates: list[tuple[re.Pattern[str], str]] = []
 
     # -- McpHandler --------------------------------------------------------------------------------
 
-    async def initialize(self, session: ClientSession, message: Message) -> dict[str, Any]:
-        results = await self._each_server(session, lambda runtime: self._initialize_result(runtime, session))
+    async def initialize(self, session: DownstreamSession, message: Message) -> dict[str, Any]:
+        results = await self._each_server(
+            session, lambda runtime: self.forwarder.initialize_result(runtime, session.identity)
+        )
         capabilities: dict[str, Any] = {}
         for result in results.values():
             offered = result.get("capabilities")
@@ -87,7 +111,7 @@ class Aggregator:
                     capabilities[name] = {}
         for name in ("tools", "prompts", "resources"):
             capabilities.setdefault(name, {"listChanged": True})
-        servers = ", ".join(sorted(self.gateway.lifecycle.servers))
+        servers = ", ".join(sorted(self.servers))
         return {
             "protocolVersion": session.protocol_version,
             "capabilities": capabilities,
@@ -95,12 +119,7 @@ class Aggregator:
             "instructions": f"Tools and prompts of these servers, named {{server}}{SEPARATOR}{{name}}: {servers}.",
         }
 
-    async def _initialize_result(self, runtime: ServerRuntime, session: ClientSession) -> dict[str, Any]:
-        lease = await self.gateway.pool.acquire(runtime, session.identity)
-        self.gateway.pool.release(runtime, lease, identity=session.identity)
-        return lease.session.initialize_result
-
-    async def request(self, session: ClientSession, message: Message, channel: Downstream) -> Message:
+    async def request(self, session: DownstreamSession, message: Message, channel: ClientChannel) -> Message:
         method = message["method"]
         started = time.perf_counter()
         try:
@@ -116,31 +135,39 @@ class Aggregator:
                 self._answered(session, message, started, None)
                 return response
             try:
-                runtime, params = self._route(method, message.get("params") or {})
+                runtime, params = self.route(method, message.get("params") or {})
             except ResourceNotFound:
                 # A client may use a URI it already knows without listing first: learn the owners, retry once.
                 await self._learn_resources(session)
-                runtime, params = self._route(method, message.get("params") or {})
+                runtime, params = self.route(method, message.get("params") or {})
         except GatewayError as exc:
             self._answered(session, message, started, exc.error_type)
             return error_response(message["id"], exc.to_error())
         message["params"] = params
-        return await forward(self.gateway, runtime, session, message, channel, named_target(message))
+        return await self.forwarder.forward(runtime, session, message, channel)
 
-    def _answered(self, session: ClientSession, message: Message, started: float, error: str | None) -> None:
+    def _answered(self, session: DownstreamSession, message: Message, started: float, error: str | None) -> None:
         """Report a request the gateway answered itself, without asking an upstream."""
-        duration = time.perf_counter() - started
-        record = RequestRecord("", message["method"], None, duration, error, None, session.protocol_version, None)
-        self.gateway.observer.request_finished(record)
+        record = RequestRecord(
+            server_id="",
+            method=message["method"],
+            target=None,
+            duration=time.perf_counter() - started,
+            error_type=error,
+            upstream_duration=None,
+            protocol_version=session.protocol_version,
+            upstream_transport=None,
+        )
+        self.observer.request_finished(record)
 
-    async def notification(self, session: ClientSession, message: Message) -> None:
-        for runtime in self.gateway.lifecycle.servers.values():
-            if self.gateway.pool.live_sessions(runtime.id, session.identity):
-                await forward_notification(self.gateway, runtime, session, message)
+    async def notification(self, session: DownstreamSession, message: Message) -> None:
+        for runtime in self.servers.values():
+            if self.forwarder.has_session(runtime, session.identity):
+                await self.forwarder.notify(runtime, session, message)
 
     # -- routing ---------------------------------------------------------------------------------
 
-    def _route(self, method: str, params: dict[str, Any]) -> tuple[ServerRuntime, dict[str, Any]]:
+    def route(self, method: str, params: dict[str, Any]) -> tuple[ServerRuntime, dict[str, Any]]:
         """Which server owns this call, and the params as that server expects them."""
         if method in ("tools/call", "prompts/get"):
             kind = "tool" if method == "tools/call" else "prompt"
@@ -164,11 +191,11 @@ class Aggregator:
         if not isinstance(name, str):
             raise InvalidParams(f"{kind} name must be a string")
         server_id, sep, original = name.partition(SEPARATOR)
-        runtime = self.gateway.lifecycle.servers.get(server_id)
+        runtime = self.servers.get(server_id)
         if not sep or runtime is None or not original:
             raise NotFound(
                 f"unknown {kind} {name!r}: {kind}s are named {{server}}{SEPARATOR}{{name}}",
-                data={kind: name, "servers": sorted(self.gateway.lifecycle.servers)},
+                data={kind: name, "servers": sorted(self.servers)},
             )
         return runtime, original
 
@@ -180,18 +207,18 @@ class Aggregator:
             server_id = next((sid for pattern, sid in self._templates if pattern.match(uri)), None)
         if server_id is None:
             raise ResourceNotFound(f"no server offers resource {uri!r}", data={"uri": uri})
-        return self.gateway.lifecycle.servers[server_id]
+        return self.servers[server_id]
 
     # -- fan-out ---------------------------------------------------------------------------------
 
-    async def _each_server(self, session: ClientSession, call: Any) -> dict[str, Any]:
+    async def _each_server(self, session: DownstreamSession, call: Any) -> dict[str, Any]:
         """Run `call(runtime)` on every server at once; failures are logged and left out.
 
         A server with no session for this caller yet (a lazy start, a restart, a new HTTP session)
         gets `limits.cold_start_wait` seconds to provide one. Past that it is left out of this answer
         and keeps starting; once it is up, the caller's /mcp sessions are told the lists changed.
         """
-        runtimes = list(self.gateway.lifecycle.servers.values())
+        runtimes = list(self.servers.values())
         results = await asyncio.gather(
             *(self._when_ready(runtime, session, call) for runtime in runtimes), return_exceptions=True
         )
@@ -202,20 +229,19 @@ class Aggregator:
                     raise result
                 if isinstance(result, _StillStarting):
                     continue
-                runtime.last_error = str(result)
-                self.gateway.observer.omitted(runtime.id, Omission.FAILED)
+                runtime.note_error(str(result))
+                self.observer.omitted(runtime.id, Omission.FAILED)
                 log.warning("server %s left out of the aggregate: %s", runtime.id, result)
             else:
                 out[runtime.id] = result
         return out
 
-    async def _when_ready(self, runtime: ServerRuntime, session: ClientSession, call: Any) -> Any:
-        pool = self.gateway.pool
-        if not pool.live_sessions(runtime.id, session.identity):
-            warming = asyncio.ensure_future(self._initialize_result(runtime, session))
-            done, _ = await asyncio.wait({warming}, timeout=self.gateway.settings.limits.cold_start_wait)
+    async def _when_ready(self, runtime: ServerRuntime, session: DownstreamSession, call: Any) -> Any:
+        if not self.forwarder.has_session(runtime, session.identity):
+            warming = asyncio.ensure_future(self.forwarder.initialize_result(runtime, session.identity))
+            done, _ = await asyncio.wait({warming}, timeout=self.limits.cold_start_wait)
             if not done:
-                self.gateway.observer.omitted(runtime.id, Omission.STARTING)
+                self.observer.omitted(runtime.id, Omission.STARTING)
                 log.info("server %s is still starting: left out of this answer; it keeps starting", runtime.id)
                 warming.add_done_callback(lambda task: self._started_late(runtime, session.identity, task))
                 raise _StillStarting
@@ -227,9 +253,9 @@ class Aggregator:
         if task.cancelled() or task.exception() is not None:
             return  # its failure is counted and shown where the start failed
         for method in _LIST_CHANGED:
-            self.gateway.notify_aggregate(identity, {"jsonrpc": "2.0", "method": method})
+            self._announce(identity, {"jsonrpc": "2.0", "method": method})
 
-    async def _fetch_all(self, runtime: ServerRuntime, session: ClientSession, method: str) -> list[dict[str, Any]]:
+    async def _fetch_all(self, runtime: ServerRuntime, session: DownstreamSession, method: str) -> list[dict[str, Any]]:
         """Every item of one server's list, following its cursors."""
         key = _LISTS[method][0]
         items: list[dict[str, Any]] = []
@@ -237,7 +263,7 @@ class Aggregator:
         for page in range(1000):
             params: dict[str, Any] = {"cursor": cursor} if cursor else {}
             request = {"jsonrpc": "2.0", "id": f"list-{page}", "method": method, "params": params}
-            response = await forward(self.gateway, runtime, session, request, None)
+            response = await self.forwarder.forward(runtime, session, request, None)
             if "error" in response:
                 error = response["error"]
                 if error.get("code") == -32601:
@@ -251,42 +277,47 @@ class Aggregator:
                 break
         return items
 
-    async def _list(self, session: ClientSession, method: str, message: Message) -> dict[str, Any]:
+    async def _list(self, session: DownstreamSession, method: str, message: Message) -> dict[str, Any]:
         key, namespaced = _LISTS[method]
         per_server = await self._each_server(session, lambda runtime: self._fetch_all(runtime, session, method))
         merged: list[dict[str, Any]] = []
-        for server_id in self.gateway.lifecycle.servers:
+        for server_id in self.servers:
             for item in per_server.get(server_id, []):
                 if namespaced:
                     item = {**item, "name": f"{server_id}{SEPARATOR}{item.get('name')}"}
                 elif method == "resources/list":
                     self._resources[str(item.get("uri"))] = server_id
                 else:
-                    pattern = _template_pattern(str(item.get("uriTemplate")))
+                    pattern = template_pattern(str(item.get("uriTemplate")))
                     if all(p.pattern != pattern.pattern or s != server_id for p, s in self._templates):
                         self._templates.append((pattern, server_id))
                 merged.append(item)
-        offset = _decode_cursor((message.get("params") or {}).get("cursor"))
-        size = self.gateway.settings.limits.page_size
+        offset = decode_cursor((message.get("params") or {}).get("cursor"))
+        size = self.limits.page_size
         result: dict[str, Any] = {key: merged[offset : offset + size]}
         if offset + size < len(merged):
-            result["nextCursor"] = base64.urlsafe_b64encode(orjson.dumps({"o": offset + size})).decode()
+            result["nextCursor"] = encode_cursor(offset + size)
         return result
 
-    async def _learn_resources(self, session: ClientSession) -> None:
+    async def _learn_resources(self, session: DownstreamSession) -> None:
         await asyncio.gather(*(self._list(session, method, {}) for method in _RESOURCE_LISTS))
 
-    async def _broadcast(self, session: ClientSession, message: Message) -> Message:
+    async def _broadcast(self, session: DownstreamSession, message: Message) -> Message:
         async def one(runtime: ServerRuntime) -> None:
             caps = runtime.initialize_result.get("capabilities") or {}
             if "logging" in caps:
-                await forward(self.gateway, runtime, session, {**message}, None)
+                await self.forwarder.forward(runtime, session, {**message}, None)
 
         await self._each_server(session, one)
         return result_response(message["id"], {})
 
 
-def _decode_cursor(cursor: Any) -> int:
+def encode_cursor(offset: int) -> str:
+    """An opaque cursor for the merged lists: where the next page starts."""
+    return base64.urlsafe_b64encode(orjson.dumps({"o": offset})).decode()
+
+
+def decode_cursor(cursor: Any) -> int:
     if cursor is None:
         return 0
     try:

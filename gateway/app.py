@@ -1,8 +1,10 @@
-"""The Starlette application: routes, the `Gateway` that wires the parts together, and its lifespan.
+"""The Starlette application: routes, the `Gateway` that builds the parts and owns their lifespan.
 
-Request path: `transport.McpEndpoint` (HTTP, sessions, errors) -> `aggregate.Aggregator` or
-`forward.ServerProxy` (routing) -> `pool.SessionPool` (an upstream session) -> `upstream.*`
-(the wire) -> back. Operations routes (`/healthz`, `/readyz`, `/servers`, admin) live here too.
+Request path: `guard.Guard` (Host, Origin) -> `transport.McpEndpoint` (HTTP, sessions, errors) ->
+`aggregate.Aggregator` or `forward.ServerProxy` (routing) -> `forward.Forwarder` -> `pool.SessionPool`
+(an upstream session) -> `upstream.*` (the wire) -> back. Each part is given what it uses; none
+looks things up in the `Gateway`, and none imports this module. Operations routes (`/healthz`,
+`/readyz`, `/servers`, admin) live here too.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,20 +21,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from gateway.aggregate import Aggregator
-from gateway.config import Config, GatewaySettings, StdioServer
+from gateway.aggregate import AggregateLimits, Aggregator
+from gateway.auth import Auth
+from gateway.config import Config, GatewaySettings
 from gateway.errors import GatewayError, ShuttingDown
-from gateway.events import NullObserver, Observer, Rejection, StopReason
-from gateway.forward import ServerProxy
+from gateway.events import EvictionReason, NullObserver, Observer, Rejection, StopReason, eviction_for_stop
+from gateway.forward import Forwarder, ServerProxy
 from gateway.guard import Guard
-from gateway.lifecycle import Lifecycle, ServerRuntime
+from gateway.lifecycle import Lifecycle
+from gateway.observability import GatewayFleet, Telemetry
 from gateway.pool import SessionPool
 from gateway.protocol import Message
-from gateway.sessions import ClientSession, SessionLimits, SessionStore
-from gateway.transport import Auth, HttpError, McpEndpoint, McpHandler
-
-if TYPE_CHECKING:
-    from gateway.observability import Telemetry
+from gateway.responses import HttpError, Scope
+from gateway.runtime import ServerRuntime
+from gateway.sessions import DownstreamSession, SessionLimits, SessionStore
+from gateway.transport import Edge, McpEndpoint, McpHandler, Readiness
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +65,34 @@ class Gateway:
             self._stream_overflowed,
         )
         self.auth = Auth(self.settings.auth.tokens)
-        self.aggregator = Aggregator(self)
-        self._proxies = {sid: ServerProxy(self, runtime) for sid, runtime in self.lifecycle.servers.items()}
-        self.ready = False
-        self.draining = False
+        self.readiness = Readiness()
+        self.edge = Edge(self.auth, self.sessions, self.observer, self.readiness, limits.max_body_bytes)
+        self.forwarder = Forwarder(self.pool, self.observer)
+        self.aggregator = Aggregator(
+            self.lifecycle.servers,
+            self.forwarder,
+            self.observer,
+            AggregateLimits(limits.page_size, limits.cold_start_wait),
+            self._announce,
+        )
+        self._proxies = {sid: ServerProxy(runtime, self.forwarder) for sid, runtime in self.lifecycle.servers.items()}
         self.loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once started
         self._sweeper: asyncio.Task[None] | None = None
         self._pool_sweeper: asyncio.Task[None] | None = None
 
-    def _session_ended(self, session: ClientSession) -> None:
+    def _session_ended(self, session: DownstreamSession) -> None:
         age = time.monotonic() - session.created
         self.observer.session_closed("server", age, session.protocol_version, None)
 
-    def _stream_overflowed(self, session: ClientSession) -> None:
+    def _stream_overflowed(self, session: DownstreamSession) -> None:
         self.observer.rejected(session.scope, Rejection.STREAM_OVERFLOW)
 
-    def handler_for(self, server_id: str | None) -> McpHandler:
-        if server_id is None:
-            return self.aggregator
+    def aggregate(self, scope: Scope) -> McpHandler:
+        return self.aggregator
+
+    def proxy(self, scope: Scope) -> McpHandler:
+        """The handler of `/servers/{server_id}/mcp`; 404 naming the known servers for another id."""
+        server_id = scope["path_params"]["server_id"]
         proxy = self._proxies.get(server_id)
         if proxy is None:
             raise HttpError(404, f"unknown server {server_id!r}", {"known": sorted(self._proxies)})
@@ -98,7 +110,7 @@ class Gateway:
             if session.scope in (server_id, None) and (not identity or session.identity == identity):
                 session.notify(message)
 
-    def notify_aggregate(self, identity: str, message: Message) -> None:
+    def _announce(self, identity: str, message: Message) -> None:
         """Tell one caller's /mcp sessions something the aggregate itself says (its lists changed)."""
         for session in self.sessions:
             if session.scope is None and session.identity == identity:
@@ -109,7 +121,7 @@ class Gateway:
         await self.lifecycle.startup()
         self._sweeper = asyncio.create_task(self._expire_sessions(), name="session-expiry")
         self._pool_sweeper = asyncio.create_task(self.pool.run_sweeper(), name="pool-sweeper")
-        self.ready = True
+        self.readiness.ready = True
 
     async def _expire_sessions(self) -> None:
         while True:
@@ -119,11 +131,11 @@ class Gateway:
 
     def begin_drain(self) -> None:
         """Shutdown has begun: not ready, refuse new work, end the long-lived GET streams."""
-        if self.draining:
+        if self.readiness.draining:
             return
         log.info("draining: refusing new requests")
-        self.ready = False
-        self.draining = True
+        self.readiness.ready = False
+        self.readiness.draining = True
         for session in self.sessions:
             if session.stream is not None:
                 session.close()
@@ -148,71 +160,89 @@ class Gateway:
         self.sessions.close_all()
 
     async def stop_server(self, runtime: ServerRuntime, reason: StopReason) -> None:
-        await self.pool.evict_server(runtime.id, reason)
+        await self.pool.evict_server(runtime.id, eviction_for_stop(reason))
         await runtime.stop(reason)
 
     async def restart_server(self, runtime: ServerRuntime) -> None:
-        await self.pool.evict_server(runtime.id, StopReason.MANUAL)
+        await self.pool.evict_server(runtime.id, EvictionReason.MANUAL)
         await runtime.restart()
 
 
-def _authorize(gateway: Gateway, request: Request) -> None:
-    try:
-        gateway.auth.identity({k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()})
-    except HttpError as exc:
-        if exc.rejection is not None:
-            gateway.observer.rejected(None, exc.rejection)
-        raise
+class _Operations:
+    """The operations routes: health, readiness, the servers, and the admin actions."""
 
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
 
-def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
-    """The gateway's ASGI app; with `telemetry`, also `/metrics` and HTTP server metrics."""
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            Route("/servers", self.servers),
+            Route("/servers/{server_id}/restart", self.admin, methods=["POST"]),
+            Route("/servers/{server_id}/stop", self.admin, methods=["POST"]),
+            Route("/servers/{server_id}/sessions", self.sessions, methods=["GET", "DELETE"]),
+        ]
 
-    async def healthz(request: Request) -> Response:
+    def _authorize(self, request: Request) -> None:
+        gateway = self.gateway
+        try:
+            gateway.auth.identity({k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()})
+        except HttpError as exc:
+            if exc.rejection is not None:
+                gateway.observer.rejected(None, exc.rejection)
+            raise
+
+    async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def readyz(request: Request) -> Response:
-        if gateway.ready:
+    async def readyz(self, request: Request) -> Response:
+        readiness = self.gateway.readiness
+        if readiness.ready:
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "draining" if gateway.draining else "starting"}, status_code=503)
+        return JSONResponse({"status": "draining" if readiness.draining else "starting"}, status_code=503)
 
-    async def servers(request: Request) -> Response:
-        _authorize(gateway, request)
-        return JSONResponse(
-            {
-                "gateway_id": gateway.settings.id,
-                "servers": [
-                    {**runtime.describe(), "pool": gateway.pool.describe(runtime.id)}
-                    for runtime in gateway.lifecycle.servers.values()
-                ],
-            }
-        )
+    async def servers(self, request: Request) -> Response:
+        self._authorize(request)
+        gateway = self.gateway
+        described = [
+            {**runtime.describe(), "pool": gateway.pool.describe(runtime.id)}
+            for runtime in gateway.lifecycle.servers.values()
+        ]
+        return JSONResponse({"gateway_id": gateway.settings.id, "servers": described})
 
-    async def admin(request: Request) -> Response:
-        _authorize(gateway, request)
-        runtime = gateway.runtime(request.path_params["server_id"])
+    async def admin(self, request: Request) -> Response:
+        """POST /servers/{id}/restart or /stop (reason manual)."""
+        self._authorize(request)
+        runtime = self.gateway.runtime(request.path_params["server_id"])
         try:
             if request.url.path.endswith("/restart"):
-                await gateway.restart_server(runtime)
+                await self.gateway.restart_server(runtime)
             else:
-                await gateway.stop_server(runtime, StopReason.MANUAL)
+                await self.gateway.stop_server(runtime, StopReason.MANUAL)
         except GatewayError as exc:
             return JSONResponse({"error": exc.message, "server": runtime.describe()}, status_code=502)
         return JSONResponse(runtime.describe())
 
-    async def sessions(request: Request) -> Response:
+    async def sessions(self, request: Request) -> Response:
         """GET: the server's pooled sessions and breaker; DELETE: evict them all (reason manual)."""
-        _authorize(gateway, request)
-        runtime = gateway.runtime(request.path_params["server_id"])
+        self._authorize(request)
+        pool = self.gateway.pool
+        runtime = self.gateway.runtime(request.path_params["server_id"])
         if request.method == "DELETE":
-            evicted = await gateway.pool.evict_server(runtime.id, "manual")
-            return JSONResponse({"evicted": evicted, **gateway.pool.describe(runtime.id)})
-        return JSONResponse(gateway.pool.describe(runtime.id))
+            evicted = await pool.evict_server(runtime.id, EvictionReason.MANUAL)
+            return JSONResponse({"evicted": evicted, **pool.describe(runtime.id)})
+        return JSONResponse(pool.describe(runtime.id))
 
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HttpError)
-        headers = {k.decode(): v.decode() for k, v in exc.headers}
-        return JSONResponse(exc.body, status_code=exc.status, headers=headers)
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    headers = {k.decode(): v.decode() for k, v in exc.headers}
+    return JSONResponse(exc.body, status_code=exc.status, headers=headers)
+
+
+def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
+    """The gateway's ASGI app; with `telemetry`, also `/metrics` and HTTP server metrics."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -224,21 +254,16 @@ def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
             if telemetry is not None:
                 telemetry.shutdown()
 
+    mcp = ["GET", "POST", "DELETE"]
     routes = [
-        Route("/mcp", McpEndpoint(gateway, aggregate=True), methods=["GET", "POST", "DELETE"]),
-        Route("/servers/{server_id}/mcp", McpEndpoint(gateway, aggregate=False), methods=["GET", "POST", "DELETE"]),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/servers", servers),
-        Route("/servers/{server_id}/restart", admin, methods=["POST"]),
-        Route("/servers/{server_id}/stop", admin, methods=["POST"]),
-        Route("/servers/{server_id}/sessions", sessions, methods=["GET", "DELETE"]),
+        Route("/mcp", McpEndpoint(gateway.edge, gateway.aggregate), methods=mcp),
+        Route("/servers/{server_id}/mcp", McpEndpoint(gateway.edge, gateway.proxy), methods=mcp),
+        *_Operations(gateway).routes(),
     ]
     if telemetry is not None:
-        telemetry.attach(gateway)
+        telemetry.watch(GatewayFleet(gateway.lifecycle.servers, gateway.pool, lambda: gateway.loop))
         routes.append(Route("/metrics", telemetry.metrics))
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HttpError: on_http_error})
-    app.state.gateway = gateway
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HttpError: _on_http_error})
     guarded = guard(app, gateway.settings, gateway.observer)
     return telemetry.instrument_http(guarded, routes) if telemetry is not None else guarded
 
@@ -246,11 +271,3 @@ def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
 def guard(app: ASGIApp, settings: GatewaySettings, observer: Observer) -> ASGIApp:
     """`app` behind the Host, Origin and cross-site checks (gateway/guard.py)."""
     return Guard(app, settings.effective_allowed_hosts(), settings.allowed_origins, observer)
-
-
-def describe_endpoints(config: Config, base: str) -> dict[str, Any]:
-    return {
-        "mcp": f"{base}/mcp",
-        "servers": {sid: f"{base}/servers/{sid}/mcp" for sid in config.servers},
-        "stdio": [sid for sid, server in config.servers.items() if isinstance(server, StdioServer)],
-    }

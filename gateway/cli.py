@@ -37,7 +37,7 @@ def default_config() -> Config:
     )
 
 
-class _Server(uvicorn.Server):
+class _GatewayServer(uvicorn.Server):
     """uvicorn, with the gateway told the moment shutdown begins (readiness 503, GET streams end)."""
 
     def __init__(self, config: uvicorn.Config, on_exit: object) -> None:
@@ -112,7 +112,7 @@ def serve(config: Config, log_level: str, loop: str = "auto") -> int:
         for extra in servers:
             extra.should_exit = True
 
-    server = _Server(uv_config, on_exit)
+    server = _GatewayServer(uv_config, on_exit)
     if not settings.loopback and not settings.auth.tokens:
         log.warning(
             "serving %s without tokens (gateway.auth.allow_unauthenticated): every client that reaches it may "

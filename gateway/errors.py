@@ -87,10 +87,6 @@ class ResourceNotFound(NotFound):
     code = RESOURCE_NOT_FOUND
 
 
-class UnknownServer(GatewayError):
-    code, error_type, http_status = INVALID_PARAMS, ErrorType.NOT_FOUND, 404
-
-
 class Rejected(GatewayError):
     code, error_type, http_status = INVALID_REQUEST, ErrorType.REJECTED, 400
 

@@ -46,6 +46,44 @@ class Omission(StrEnum):
     FAILED = "failed"  # it failed to start or to answer
 
 
+class EvictionReason(StrEnum):
+    """Why a pooled upstream session was dropped: the closed value set of the pool's `reason` label."""
+
+    TTL_EXPIRED = "ttl_expired"  # older than pool.ttl
+    IDLE = "idle"  # unused past pool.idle_ttl, or (stdio) the server's idle stop
+    HEALTH_CHECK = "health_check"  # it failed its health check
+    CIRCUIT_BREAKER = "circuit_breaker"  # idle when its server's breaker opened
+    CAPACITY = "capacity"  # the least recently used idle session, dropped to make room
+    UPSTREAM_CLOSED = "upstream_closed"  # the upstream ended it or died, or a call on it broke
+    MANUAL = "manual"  # an operator asked (DELETE /servers/{id}/sessions, a stop or restart)
+    SHUTDOWN = "shutdown"  # the gateway is shutting down
+
+
+# A server's stop, as what it did to its pooled sessions; and back, when evicting a stdio session stops its process.
+_EVICTION_OF_STOP = {
+    StopReason.IDLE: EvictionReason.IDLE,
+    StopReason.CRASH: EvictionReason.UPSTREAM_CLOSED,
+    StopReason.SHUTDOWN: EvictionReason.SHUTDOWN,
+    StopReason.MANUAL: EvictionReason.MANUAL,
+    StopReason.HEALTH_CHECK: EvictionReason.HEALTH_CHECK,
+    StopReason.START_FAILED: EvictionReason.UPSTREAM_CLOSED,
+}
+_STOP_OF_EVICTION = {
+    EvictionReason.IDLE: StopReason.IDLE,
+    EvictionReason.HEALTH_CHECK: StopReason.HEALTH_CHECK,
+    EvictionReason.SHUTDOWN: StopReason.SHUTDOWN,
+}
+
+
+def eviction_for_stop(reason: StopReason) -> EvictionReason:
+    return _EVICTION_OF_STOP[reason]
+
+
+def stop_for_eviction(reason: EvictionReason) -> StopReason:
+    """The stop of a server whose one session (its process) was evicted: an operator's, unless said otherwise."""
+    return _STOP_OF_EVICTION.get(reason, StopReason.MANUAL)
+
+
 class PoolEvent(StrEnum):
     HIT = "hit"
     MISS = "miss"
@@ -53,7 +91,7 @@ class PoolEvent(StrEnum):
     HEALTH_CHECK_FAILED = "health_check_failed"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class RequestRecord:
     """One finished client request."""
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.events import Observer, Rejection
-from gateway.protocol import dumps
-from gateway.transport import HttpError, send_body, send_http_error
+from gateway.responses import HttpError, send_http_error, send_json_error
 
 _PROBES = frozenset({"/healthz", "/readyz"})
 # What an HTML form can send without a CORS preflight (fetch's "simple" content types).
@@ -61,7 +60,7 @@ class Guard:
                 if scope["path"].endswith("/mcp"):
                     await send_http_error(send, refusal)  # MCP clients show a JSON-RPC error's message
                 else:
-                    await send_body(send, refusal.status, dumps(refusal.body), [(b"content-type", b"application/json")])
+                    await send_json_error(send, refusal)
                 return
         await self.app(scope, receive, send)
 

@@ -1,330 +1,19 @@
-"""Every upstream server's life: start, run, stop, crash, restart — owned here and only here.
-
-A `ServerRuntime` holds one server's state (`starting / running / stopping / stopped / failed`),
-pid, start time, restart count and last exit reason, and reports each start and stop to the
-observer with its reason. stdio servers are processes started lazily (or at boot), stopped when
-idle and restarted with exponential backoff when they crash. A streamable-HTTP server is
-"running" while the gateway can open sessions with it.
+"""Every configured server's runtime, together: built from the config, started at boot when eager,
+stopped when idle, shut down with the gateway. Each server's own life is its runtime's
+(`gateway/runtime.py`); this module runs what concerns them all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
-from enum import StrEnum
-from typing import Any
 
-from gateway.config import Config, HttpServer, StdioServer
-from gateway.errors import GatewayError, UnknownServer, UpstreamUnavailable
+from gateway.config import Config
 from gateway.events import Observer, StopReason
-from gateway.protocol import Message
-from gateway.upstream.base import DEFAULT_MAX_MESSAGE, UpstreamSession
-from gateway.upstream.http import HttpClient, HttpSession, make_client
-from gateway.upstream.stdio import StdioSession
+from gateway.runtime import Clock, NotificationSink, ServerState, build_runtime
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
-NotificationSink = Callable[[str, str, Message], None]  # server id, identity ("" = all), message
-
-
-class ServerState(StrEnum):
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-class ServerRuntime:
-    """One configured server and, for stdio, its process."""
-
-    def __init__(
-        self,
-        server_id: str,
-        config: StdioServer | HttpServer,
-        observer: Observer,
-        on_notification: NotificationSink,
-        clock: Clock = time.monotonic,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
-    ) -> None:
-        self.id = server_id
-        self.config = config
-        self.max_message_bytes = max_message_bytes
-        self.observer = observer
-        self._on_notification = on_notification
-        self.clock = clock
-        self.state = ServerState.STOPPED
-        self.started_at: float | None = None  # wall clock, for display
-        self.started_mono: float | None = None
-        self.restarts = 0
-        self.last_exit_reason: str | None = None
-        self.last_error: str | None = None
-        self.initialize_result: dict[str, Any] = {}
-        self.in_flight = 0
-        self.last_used = clock()
-        self._process: StdioSession | None = None
-        self._starting: asyncio.Task[StdioSession] | None = None
-        self._failures: deque[float] = deque()
-        self.stop_listeners: list[Callable[[str, StopReason], None]] = []
-        self._http: HttpClient | None = None
-        self._stop_task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    @property
-    def transport(self) -> str:
-        return self.config.transport
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None and not self._process.closed else None
-
-    def uptime(self) -> float | None:
-        if self.state is not ServerState.RUNNING or self.started_mono is None:
-            return None
-        return self.clock() - self.started_mono
-
-    # -- UpstreamHandler -----------------------------------------------------------------------
-
-    def on_notification(self, session: UpstreamSession, message: Message) -> None:
-        self._on_notification(self.id, session.identity, message)
-
-    def on_closed(self, session: UpstreamSession, reason: str, detail: str) -> None:
-        if session.initialize_result:  # it was a session: it lived from initialize until now
-            age = time.monotonic() - session.created
-            self.observer.session_closed("client", age, session.protocol_version, self.transport)
-        if session is not self._process or self.state is ServerState.STARTING:
-            return  # a stop the gateway asked for (it detaches the process first), or a failed start
-        # The process went away on its own.
-        self._process = None
-        self.last_exit_reason = StopReason.CRASH
-        self.last_error = detail
-        log.warning("server %s crashed: %s", self.id, detail)
-        self._set_stopped(StopReason.CRASH)
-        if not self._closed:
-            self._schedule_restart()
-
-    # -- sessions ------------------------------------------------------------------------------------
-
-    async def open_session(self) -> UpstreamSession:
-        """An initialized session: for stdio the shared process (started if needed), for HTTP a new one."""
-        if self._closed:
-            raise UpstreamUnavailable(f"server {self.id!r} is shutting down", data={"server": self.id})
-        if isinstance(self.config, StdioServer):
-            return await self._ensure_process()
-        return await self._open_http(self.config)
-
-    async def _open_http(self, config: HttpServer) -> UpstreamSession:
-        if self._http is None:
-            self._http = make_client()
-        first = self.state is not ServerState.RUNNING
-        if first:
-            self.state = ServerState.STARTING
-        started = self.clock()
-        session = HttpSession(self.id, config, self._http, self, max_message_bytes=self.max_message_bytes)
-        try:
-            await session.start(config.start_timeout)
-        except GatewayError as exc:
-            self._start_failed(exc)
-            raise UpstreamUnavailable(
-                f"server {self.id!r} is unavailable: {exc.message}", data={"server": self.id, "reason": "connect"}
-            ) from None
-        self.initialize_result = session.initialize_result
-        if first:
-            await self._discover_tools(session)
-            self._set_running(self.clock() - started)
-        return session
-
-    async def _ensure_process(self) -> StdioSession:
-        process = self._process
-        if process is not None and not process.closed:
-            return process
-        if self._stop_task is not None:
-            # A stop is under way: let it finish (and be counted) before starting again.
-            await asyncio.shield(self._stop_task)
-            return await self._ensure_process()
-        if self._starting is None:
-            self._check_failures()
-            self._starting = asyncio.create_task(self._spawn(0.0), name=f"start-{self.id}")
-        return await asyncio.shield(self._starting)
-
-    def _check_failures(self) -> None:
-        """Refuse on-demand starts of a server that keeps failing; the window lets it try again later."""
-        policy = self.config.restart
-        now = self.clock()
-        while self._failures and now - self._failures[0] > policy.window:
-            self._failures.popleft()
-        if len(self._failures) > policy.max_attempts:
-            raise UpstreamUnavailable(
-                f"server {self.id!r} failed {len(self._failures)} times in {policy.window:g}s; "
-                f"last error: {self.last_error}. POST /servers/{self.id}/restart to retry now",
-                data={"server": self.id, "reason": "failed", "last_error": self.last_error},
-            )
-
-    async def _spawn(self, delay: float) -> StdioSession:
-        assert isinstance(self.config, StdioServer)
-        try:
-            if delay:
-                await asyncio.sleep(delay)
-            self.state = ServerState.STARTING
-            started = self.clock()
-            process = StdioSession(self.id, self.config, self, max_message_bytes=self.max_message_bytes)
-            self._process = process
-            try:
-                await process.start(self.config.start_timeout)
-            except GatewayError as exc:
-                self._process = None
-                await process.close(StopReason.START_FAILED)
-                self._start_failed(exc)
-                raise UpstreamUnavailable(
-                    f"server {self.id!r} failed to start: {exc.message}",
-                    data={"server": self.id, "reason": "start_failed", "detail": exc.message},
-                ) from None
-            self.initialize_result = process.initialize_result
-            await self._discover_tools(process)
-            self._set_running(self.clock() - started)
-            return process
-        finally:
-            self._starting = None
-
-    async def _discover_tools(self, session: UpstreamSession) -> None:
-        """Learn the tools a fresh server advertises: metrics label tool names from this list only."""
-        if "tools" not in (self.initialize_result.get("capabilities") or {}):
-            return
-        cursor = None
-        try:
-            for page in range(100):
-                params: dict[str, Any] = {"cursor": cursor} if cursor else {}
-                request = {"jsonrpc": "2.0", "id": f"discover-{page}", "method": "tools/list", "params": params}
-                response = await session.request(request, timeout=self.config.start_timeout)
-                result = response.get("result") or {}
-                tools = result.get("tools")
-                listed = tools if isinstance(tools, list) else []
-                names = [t["name"] for t in listed if isinstance(t, dict) and isinstance(t.get("name"), str)]
-                self.observer.tools_listed(self.id, names, page == 0)
-                cursor = result.get("nextCursor")
-                if not cursor:
-                    return
-        except GatewayError as exc:
-            log.warning("server %s: could not list its tools at start: %s", self.id, exc.message)
-
-    def _schedule_restart(self) -> None:
-        policy = self.config.restart
-        now = self.clock()
-        self._failures.append(now)
-        while self._failures and now - self._failures[0] > policy.window:
-            self._failures.popleft()
-        if not policy.enabled or len(self._failures) > policy.max_attempts:
-            self.state = ServerState.FAILED
-            log.error("server %s: not restarting (%d failures in %gs)", self.id, len(self._failures), policy.window)
-            return
-        delay = min(policy.backoff_initial * 2 ** (len(self._failures) - 1), policy.backoff_max)
-        log.info("server %s: restarting in %.2fs", self.id, delay)
-        self.restarts += 1
-        self._starting = asyncio.create_task(self._spawn(delay), name=f"restart-{self.id}")
-        self._starting.add_done_callback(_consume)
-
-    def _start_failed(self, exc: GatewayError) -> None:
-        """A start that did not finish: counted as a stop (`start_failed`), so a server that never
-        comes up is as visible in `mcp_gateway_server_stops_total` as one that crashes."""
-        self.state = ServerState.FAILED
-        self.started_mono = None
-        self.last_error = exc.message
-        self.last_exit_reason = StopReason.START_FAILED
-        self._failures.append(self.clock())
-        log.error("server %s failed to start: %s", self.id, exc.message)
-        self.observer.server_stopped(self.id, StopReason.START_FAILED)
-
-    def _set_running(self, start_seconds: float) -> None:
-        self.state = ServerState.RUNNING
-        self.started_at = time.time()
-        self.started_mono = self.clock()
-        self.last_used = self.clock()
-        self.last_error = None
-        log.info("server %s running (pid %s, started in %.3fs)", self.id, self.pid, start_seconds)
-        self.observer.server_started(self.id, start_seconds)
-
-    def _set_stopped(self, reason: StopReason) -> None:
-        was_running = self.state in (ServerState.RUNNING, ServerState.STOPPING)
-        self.state = ServerState.STOPPED
-        self.started_mono = None
-        if was_running:
-            self.observer.server_stopped(self.id, reason)
-        for listener in self.stop_listeners:
-            listener(self.id, reason)
-
-    # -- operations ------------------------------------------------------------------------------
-
-    async def stop(self, reason: StopReason) -> None:
-        """Stop the server; in-flight requests to it fail with an error naming the reason.
-
-        The stopping runs in a task of its own, so a caller cancelled halfway (the idle sweeper, when
-        the gateway shuts down) cannot leave a process half-stopped; a later stop waits for it.
-        """
-        if self._starting is not None:
-            self._starting.cancel()
-            with contextlib.suppress(BaseException):
-                await self._starting
-            self._starting = None
-        if self._stop_task is not None:
-            await asyncio.shield(self._stop_task)
-        process, self._process = self._process, None
-        if self.state is not ServerState.RUNNING and process is None:
-            if self.state is ServerState.FAILED and reason is StopReason.MANUAL:
-                self.state = ServerState.STOPPED
-            return
-        self.state = ServerState.STOPPING
-        self._stop_task = asyncio.create_task(self._finish_stop(process, reason), name=f"stop-{self.id}")
-        await asyncio.shield(self._stop_task)
-
-    async def _finish_stop(self, process: StdioSession | None, reason: StopReason) -> None:
-        try:
-            if process is not None:
-                await process.close(reason)
-        finally:
-            self._stop_task = None
-        self.last_exit_reason = reason
-        log.info("server %s stopped (%s)", self.id, reason)
-        self._set_stopped(reason)
-
-    async def restart(self) -> None:
-        await self.stop(StopReason.MANUAL)
-        self._failures.clear()
-        self.restarts += 1
-        if isinstance(self.config, StdioServer):
-            await self._ensure_process()
-
-    async def close(self) -> None:
-        self._closed = True
-        await self.stop(StopReason.SHUTDOWN)
-        if self._http is not None:
-            await self._http.close()
-
-    def describe(self) -> dict[str, Any]:
-        info = self.initialize_result.get("serverInfo") or {}
-        uptime = self.uptime()
-        return {
-            "id": self.id,
-            "transport": self.transport,
-            "state": self.state,
-            "pid": self.pid,
-            "started_at": self.started_at if self.state is ServerState.RUNNING else None,
-            "uptime_seconds": round(uptime, 3) if uptime is not None else None,
-            "restarts": self.restarts,
-            "in_flight": self.in_flight,
-            "last_exit_reason": self.last_exit_reason,
-            "last_error": self.last_error,
-            "server_info": info or None,
-        }
-
-
-def _consume(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("background start ended: %s", task.exception())
 
 
 class Lifecycle:
@@ -335,48 +24,32 @@ class Lifecycle:
     ) -> None:
         self.config = config
         self.clock = clock
+        limit = config.gateway.limits.max_upstream_message_bytes
         self.servers = {
-            server_id: ServerRuntime(
-                server_id, server, observer, on_notification, clock, config.gateway.limits.max_upstream_message_bytes
-            )
+            server_id: build_runtime(server_id, server, observer, on_notification, clock, limit)
             for server_id, server in config.servers.items()
         }
         self._sweeper: asyncio.Task[None] | None = None
 
-    def get(self, server_id: str) -> ServerRuntime:
-        runtime = self.servers.get(server_id)
-        if runtime is None:
-            raise UnknownServer(
-                f"unknown server {server_id!r}", data={"server": server_id, "known": sorted(self.servers)}
-            )
-        return runtime
-
     async def startup(self) -> None:
         eager = [runtime for runtime in self.servers.values() if not runtime.config.lazy]
-        results = await asyncio.gather(*(runtime.open_session() for runtime in eager), return_exceptions=True)
+        results = await asyncio.gather(*(runtime.boot() for runtime in eager), return_exceptions=True)
         for runtime, result in zip(eager, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("server %s did not start at boot: %s", runtime.id, result)
-            elif result.transport != "stdio":
-                await result.close("probe")  # it proved the server reachable; callers get pooled sessions
-        if any(isinstance(r.config, StdioServer) and r.config.idle_timeout for r in self.servers.values()):
+        if any(runtime.idle_timeout for runtime in self.servers.values()):
             self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-sweeper")
 
     async def _sweep_idle(self) -> None:
-        timeouts = [r.config.idle_timeout for r in self.servers.values() if r.config.idle_timeout]
+        timeouts = [runtime.idle_timeout for runtime in self.servers.values() if runtime.idle_timeout]
         tick = max(0.05, min(1.0, min(timeouts) / 4))
         while True:
             await asyncio.sleep(tick)
             now = self.clock()
             for runtime in self.servers.values():
-                timeout = runtime.config.idle_timeout
-                if (
-                    timeout
-                    and isinstance(runtime.config, StdioServer)
-                    and runtime.state is ServerState.RUNNING
-                    and runtime.in_flight == 0
-                    and now - runtime.last_used > timeout
-                ):
+                timeout = runtime.idle_timeout
+                idle = runtime.state is ServerState.RUNNING and runtime.in_flight == 0
+                if timeout and idle and now - runtime.last_used > timeout:
                     await runtime.stop(StopReason.IDLE)
 
     async def shutdown(self) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -19,17 +19,16 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp
 
 from gateway import __version__
+from gateway.auth import Auth
 from gateway.config import Config
 from gateway.headers import accepts_encoding, media_quality, qualities
-from gateway.lifecycle import ServerState
-from gateway.transport import Auth, HttpError
+from gateway.pool import SessionPool
+from gateway.responses import HttpError
+from gateway.runtime import ServerRuntime, ServerState
 from telemetry.exposition import render
 from telemetry.provider import Pipeline, build_pipeline
 from telemetry.recorder import PoolSample, Recorder, ServerSample
 from telemetry.settings import OtlpSettings, TelemetrySettings, otlp_from_env
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -72,50 +71,52 @@ def negotiate_exposition(accept: str | None, accept_encoding: str | None) -> tup
 
 
 class GatewayFleet:
-    """The recorder's view of the gateway, read at collection time (off the event loop)."""
+    """The recorder's view of the gateway's servers and pool, read at collection time (off the event loop)."""
 
-    def __init__(self) -> None:
-        self.gateway: Gateway | None = None
+    def __init__(
+        self,
+        servers: Mapping[str, ServerRuntime],
+        pool: SessionPool,
+        loop: Callable[[], asyncio.AbstractEventLoop | None],
+    ) -> None:
+        self.servers = servers
+        self.pool = pool
+        self.loop = loop  # the gateway's event loop, once it runs
 
     def server_samples(self) -> Iterable[ServerSample]:
-        if self.gateway is None:
-            return []
         return [
             ServerSample(
                 runtime.id, runtime.state is ServerState.RUNNING, runtime.pid, runtime.uptime(), runtime.in_flight
             )
-            for runtime in list(self.gateway.lifecycle.servers.values())
+            for runtime in list(self.servers.values())
         ]
 
     def pool_samples(self) -> Iterable[PoolSample]:
-        if self.gateway is None:
-            return []
-        return [PoolSample(*occupancy) for occupancy in self.gateway.pool.occupancy()]
+        return [PoolSample(*occupancy) for occupancy in self.pool.occupancy()]
 
     def tasks(self) -> int | None:
-        loop = self.gateway.loop if self.gateway is not None else None
+        loop = self.loop()
         if loop is None or loop.is_closed():
             return None
         return len(asyncio.all_tasks(loop))  # safe off the loop's thread: it copies the set, retrying
 
 
 class Telemetry:
-    """One process's pipeline and recorder; `attach` binds it to the gateway it observes."""
+    """One process's pipeline and recorder; `watch` gives the recorder the fleet whose gauges it reads."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.settings = telemetry_settings(config)
         self.pipeline: Pipeline = build_pipeline(self.settings)
-        self.fleet = GatewayFleet()
-        self.recorder = Recorder(self.pipeline.provider.get_meter(METER_NAME), self.settings, self.fleet)
+        self.recorder = Recorder(self.pipeline.provider.get_meter(METER_NAME), self.settings)
         self.auth = Auth([config.gateway.auth.metrics_token] if config.gateway.auth.metrics_token else [])
         if self.settings.otlp is not None:
             log.info(
                 "OTLP metrics push on (%s, every %gs)", self.settings.otlp.protocol, self.settings.otlp.interval_seconds
             )
 
-    def attach(self, gateway: Gateway) -> None:
-        self.fleet.gateway = gateway
+    def watch(self, fleet: GatewayFleet) -> None:
+        self.recorder.watch(fleet)
 
     async def metrics(self, request: Request) -> Response:
         try:

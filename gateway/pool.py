@@ -23,13 +23,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
-from gateway.config import PoolConfig, StdioServer, fair_share
+from gateway.breaker import Breaker
+from gateway.config import PoolConfig, fair_share
 from gateway.errors import CircuitOpen, GatewayError, IdentityShare, PoolExhausted
-from gateway.events import Observer, PoolEvent, Rejection, StopReason
-from gateway.lifecycle import ServerRuntime
+from gateway.events import EvictionReason, Observer, PoolEvent, StopReason, eviction_for_stop
+from gateway.runtime import ServerRuntime
 from gateway.upstream.base import UpstreamSession
 
 log = logging.getLogger(__name__)
@@ -37,34 +37,9 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 SHARED = ""  # the identity of a session every caller may use
 
-# What a server stop means for its stdio session, as an eviction reason.
-_STOP_EVICTIONS = {
-    StopReason.IDLE: "idle",
-    StopReason.CRASH: "upstream_closed",
-    StopReason.SHUTDOWN: "shutdown",
-    StopReason.MANUAL: "manual",
-    StopReason.HEALTH_CHECK: "health_check",
-}
-
-
-_EVICTION_STOPS = {
-    "idle": StopReason.IDLE,
-    "health_check": StopReason.HEALTH_CHECK,
-    "shutdown": StopReason.SHUTDOWN,
-    "manual": StopReason.MANUAL,
-}
-
-
-class CircuitState(IntEnum):
-    """The value of `mcp_session_pool_circuit_state`."""
-
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
-
 
 @dataclass(eq=False)
-class Lease:
+class PooledSession:
     """One pooled session and its bookkeeping; what `acquire` hands out and `release` takes back."""
 
     session: UpstreamSession
@@ -74,7 +49,7 @@ class Lease:
     last_used: float
     in_use: int = 0
     retiring: bool = False  # evicted while in use: closed when its last request ends
-    reason: str = ""
+    reason: EvictionReason | None = None  # why it was evicted, once it was
 
     @property
     def idle(self) -> bool:
@@ -82,65 +57,31 @@ class Lease:
 
 
 @dataclass
-class Breaker:
-    threshold: int
-    cooldown: float
-    state: CircuitState = CircuitState.CLOSED
-    failures: int = 0
-    opened_at: float = 0.0
-    probing: bool = False
-
-    def admit(self, now: float) -> bool:
-        """May a new session be created now? In half-open state, exactly one probe may."""
-        if self.state is CircuitState.OPEN and now - self.opened_at >= self.cooldown:
-            self.state = CircuitState.HALF_OPEN
-        if self.state is CircuitState.CLOSED:
-            return True
-        if self.state is CircuitState.HALF_OPEN and not self.probing:
-            self.probing = True
-            return True
-        return False
-
-    def succeeded(self) -> None:
-        self.state, self.failures, self.probing = CircuitState.CLOSED, 0, False
-
-    def failed(self, now: float) -> bool:
-        """Count a failure; True when it opens the breaker."""
-        self.failures += 1
-        self.probing = False
-        if self.state is CircuitState.HALF_OPEN or self.failures >= self.threshold:
-            opening = self.state is not CircuitState.OPEN
-            self.state, self.opened_at = CircuitState.OPEN, now
-            return opening
-        return False
-
-
-@dataclass
-class _Server:
+class _PooledServer:
     runtime: ServerRuntime
     config: PoolConfig
     breaker: Breaker
     share: int  # concurrent requests one caller may have on the server's shared sessions
-    leases: dict[str, list[Lease]] = field(default_factory=dict)
-    retiring: set[Lease] = field(default_factory=set)  # evicted, their last requests still running
-    pending: dict[str, asyncio.Future[Lease]] = field(default_factory=dict)
+    by_key: dict[str, list[PooledSession]] = field(default_factory=dict)
+    retiring: set[PooledSession] = field(default_factory=set)  # evicted, their last requests still running
+    pending: dict[str, asyncio.Future[PooledSession]] = field(default_factory=dict)
     creating: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     held: Counter[str] = field(default_factory=Counter)  # requests in flight per caller, on shared sessions
 
     @property
     def size(self) -> int:
-        return sum(len(leases) for leases in self.leases.values()) + self.creating
+        return sum(len(keyed) for keyed in self.by_key.values()) + self.creating
 
     @property
-    def stdio(self) -> bool:
-        """A stdio server: its one process is its one session, shared by every caller."""
-        return isinstance(self.runtime.config, StdioServer)
+    def single(self) -> bool:
+        """The server has one session (a stdio server's process), shared by every caller."""
+        return self.runtime.single_session
 
     @property
     def per_key(self) -> int:
-        """Sessions one key may have: a stdio server has one process."""
-        return 1 if self.stdio else self.config.max_sessions_per_key
+        """Sessions one key may have: a server with one session has one."""
+        return 1 if self.single else self.config.max_sessions_per_key
 
     @property
     def slots(self) -> int:
@@ -153,34 +94,34 @@ class SessionPool:
         self.observer = observer
         self.clock = clock
         self.identities = identities  # callers that can tell themselves apart: their default share
-        self._servers: dict[str, _Server] = {}
+        self._servers: dict[str, _PooledServer] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     def add(self, runtime: ServerRuntime) -> None:
         config = runtime.config.pool
-        server = _Server(runtime, config, Breaker(config.failure_threshold, config.cooldown), share=0)
+        server = _PooledServer(runtime, config, Breaker(config.failure_threshold, config.cooldown), share=0)
         server.share = config.max_requests_per_identity or fair_share(server.slots, self.identities)
         self._servers[runtime.id] = server
         runtime.stop_listeners.append(self.server_stopped)
 
-    def _key(self, server: _Server, identity: str) -> str:
-        return SHARED if server.config.share_sessions or server.stdio else identity
+    def _key(self, server: _PooledServer, identity: str) -> str:
+        return SHARED if server.config.share_sessions or server.single else identity
 
     # -- acquire and release --------------------------------------------------------------------
 
-    async def acquire(self, runtime: ServerRuntime, identity: str) -> Lease:
+    async def acquire(self, runtime: ServerRuntime, identity: str) -> PooledSession:
         """A session for this caller; pair every acquire with `release` (the same identity)."""
         started = self.clock()
         server = self._servers[runtime.id]
         try:
-            lease = await self._acquire(server, identity)
+            pooled = await self._acquire(server, identity)
         finally:
             self.observer.pool_acquired(runtime.id, self.clock() - started)
-        lease.in_use += 1
-        runtime.in_flight += 1
-        return lease
+        pooled.in_use += 1
+        runtime.request_started()
+        return pooled
 
-    async def _acquire(self, server: _Server, identity: str) -> Lease:
+    async def _acquire(self, server: _PooledServer, identity: str) -> PooledSession:
         """Take a session, or wait for one up to `acquire_timeout`. On a shared session a caller waits
         at its share of the slots too, so one caller's slow calls cannot take them all."""
         key = self._key(server, identity)
@@ -192,12 +133,12 @@ class SessionPool:
                 if shared:
                     server.held[identity] += 1  # reserved before any wait, so concurrent callers count
                 try:
-                    lease = await self._take(server, key)
+                    pooled = await self._take(server, key)
                 except BaseException:
                     self._unhold(server, identity if shared else None)
                     raise
-                if lease is not None:
-                    return lease
+                if pooled is not None:
+                    return pooled
                 self._unhold(server, identity if shared else None)
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -206,55 +147,54 @@ class SessionPool:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.changed.wait(), remaining)
 
-    async def _take(self, server: _Server, key: str) -> Lease | None:
+    async def _take(self, server: _PooledServer, key: str) -> PooledSession | None:
         """A session of the key now: a live one (hit), a new one (miss), or None when none can be had."""
         config = server.config
         while True:
-            lease = self._pick(server, key)
-            if lease is not None:
-                if lease.idle and self._check_due(server, lease) and not await self._healthy(server, lease):
+            pooled = self._pick(server, key)
+            if pooled is not None:
+                if pooled.idle and self._check_due(server, pooled) and not await self._healthy(server, pooled):
                     continue
                 self.observer.pool_event(server.runtime.id, PoolEvent.HIT)
-                return lease
+                return pooled
             pending = server.pending.get(key)
             if pending is not None and not pending.done():  # a done one would be awaited without yielding
                 # Someone is creating this key's session: share it rather than open a second one.
                 await asyncio.shield(pending)
                 continue
-            may_add = len(server.leases.get(key, ())) < server.per_key
+            may_add = len(server.by_key.get(key, ())) < server.per_key
             fits = server.size < config.max_sessions
             victim = None if fits or not may_add else self._least_recently_used(server)
             if not may_add or not (fits or victim is not None):
                 return None
             self._admit(server)  # before anything is evicted for it: an open breaker fails fast
             if victim is not None:
-                self._evict(server, victim, "capacity")
+                self._evict(server, victim, EvictionReason.CAPACITY)
             creation = asyncio.ensure_future(self._create(server, key))
             server.pending[key] = creation
             try:
-                lease = await asyncio.shield(creation)
+                pooled = await asyncio.shield(creation)
             finally:
                 if server.pending.get(key) is creation:
                     del server.pending[key]
             self.observer.pool_event(server.runtime.id, PoolEvent.MISS)
-            return lease
+            return pooled
 
     @staticmethod
-    def _shares(server: _Server, key: str, identity: str) -> bool:
+    def _shares(server: _PooledServer, key: str, identity: str) -> bool:
         """Whether this caller's requests count against its share: on a shared session that has one."""
         return key == SHARED and identity != SHARED and server.share < server.slots
 
     @staticmethod
-    def _unhold(server: _Server, identity: str | None) -> None:
+    def _unhold(server: _PooledServer, identity: str | None) -> None:
         if identity is not None:
             server.held[identity] -= 1
             if server.held[identity] <= 0:
                 del server.held[identity]
 
-    def _exhausted(self, server: _Server, identity: str, over_share: bool) -> PoolExhausted:
+    def _exhausted(self, server: _PooledServer, identity: str, over_share: bool) -> PoolExhausted:
         config, server_id = server.config, server.runtime.id
         if over_share:
-            self.observer.rejected(server_id, Rejection.IDENTITY_SHARE)
             return IdentityShare(
                 f"no session for server {server_id!r} within {config.acquire_timeout:g}s: this caller has "
                 f"{server.held[identity]} requests in flight on it, its share of the server's shared session "
@@ -267,65 +207,67 @@ class SessionPool:
             data={"server": server_id, "reason": "pool_exhausted"},
         )
 
-    def _pick(self, server: _Server, key: str) -> Lease | None:
+    def _pick(self, server: _PooledServer, key: str) -> PooledSession | None:
         """The least loaded usable session of the key; expired and dead ones are evicted on sight."""
-        best: Lease | None = None
+        best: PooledSession | None = None
         now = self.clock()
-        for lease in list(server.leases.get(key, ())):
-            if expired := self._expiry(server, lease, now):
-                self._evict(server, lease, expired)
-            elif lease.in_use < server.config.max_requests_per_session and (best is None or lease.in_use < best.in_use):
-                best = lease
+        for pooled in list(server.by_key.get(key, ())):
+            if expired := self._expiry(server, pooled, now):
+                self._evict(server, pooled, expired)
+            elif pooled.in_use < server.config.max_requests_per_session and (
+                best is None or pooled.in_use < best.in_use
+            ):
+                best = pooled
         return best
 
-    def _expiry(self, server: _Server, lease: Lease, now: float) -> str | None:
+    def _expiry(self, server: _PooledServer, pooled: PooledSession, now: float) -> EvictionReason | None:
         """Why a pooled session must go now, if it must: dead, past its TTL, or idle past `idle_ttl`.
 
         A stdio session's age and idleness are its server's business (`idle_timeout`), not the pool's.
         """
-        if lease.session.closed:
-            return "upstream_closed"
-        if server.stdio:
+        if pooled.session.closed:
+            return EvictionReason.UPSTREAM_CLOSED
+        if server.single:
             return None
         ttl, idle_ttl = server.config.ttl, server.config.idle_ttl
-        if ttl and now - lease.created > ttl:
-            return "ttl_expired"
-        if idle_ttl and lease.idle and now - lease.last_used > idle_ttl:
-            return "idle"
+        if ttl and now - pooled.created > ttl:
+            return EvictionReason.TTL_EXPIRED
+        if idle_ttl and pooled.idle and now - pooled.last_used > idle_ttl:
+            return EvictionReason.IDLE
         return None
 
-    def _check_due(self, server: _Server, lease: Lease) -> bool:
+    def _check_due(self, server: _PooledServer, pooled: PooledSession) -> bool:
         interval = server.config.health_check_interval
-        return bool(interval) and self.clock() - lease.last_used > interval
+        return bool(interval) and self.clock() - pooled.last_used > interval
 
-    async def _healthy(self, server: _Server, lease: Lease) -> bool:
+    async def _healthy(self, server: _PooledServer, pooled: PooledSession) -> bool:
         """Ping a session that sat idle; a failure evicts it and counts against the breaker."""
-        lease.in_use += 1  # nobody else takes it while it is being checked
+        pooled.in_use += 1  # nobody else takes it while it is being checked
         try:
             ping = {"jsonrpc": "2.0", "id": "health", "method": "ping"}
-            response = await lease.session.request(ping, timeout=server.config.health_check_timeout)
+            response = await pooled.session.request(ping, timeout=server.config.health_check_timeout)
             ok = "result" in response
         except GatewayError:
             ok = False
         finally:
-            lease.in_use -= 1
+            pooled.in_use -= 1
         if ok:
-            lease.last_used = self.clock()
+            pooled.last_used = self.clock()
             return True
         log.warning("server %s: a pooled session failed its health check", server.runtime.id)
         self.observer.pool_event(server.runtime.id, PoolEvent.HEALTH_CHECK_FAILED)
-        self._evict(server, lease, "health_check")
+        self._evict(server, pooled, EvictionReason.HEALTH_CHECK)
         if server.breaker.failed(self.clock()):
             self._open_breaker(server)
         return False
 
     @staticmethod
-    def _least_recently_used(server: _Server) -> Lease | None:
+    def _least_recently_used(server: _PooledServer) -> PooledSession | None:
         """The idle session to evict when the server is at `max_sessions` and a new one is needed."""
-        idle = [lease for leases in server.leases.values() for lease in leases if lease.idle]
-        return min(idle, key=lambda lease: lease.last_used) if idle else None
+        idle = [pooled for keyed in server.by_key.values() for pooled in keyed if pooled.idle]
+        return min(idle, key=lambda pooled: pooled.last_used) if idle else None
 
-    def _admit(self, server: _Server) -> None:
+    def _admit(self, server: _PooledServer) -> None:
         """May a session be created now? In half-open state this one creation is the probe."""
         if not server.breaker.admit(self.clock()):
             raise CircuitOpen(
@@ -334,7 +276,7 @@ class SessionPool:
                 data={"server": server.runtime.id, "reason": "circuit_open"},
             )
 
-    async def _create(self, server: _Server, key: str) -> Lease:
+    async def _create(self, server: _PooledServer, key: str) -> PooledSession:
         runtime = server.runtime
         server.creating += 1
         try:
@@ -352,81 +294,79 @@ class SessionPool:
         server.breaker.succeeded()
         session.identity = key
         now = self.clock()
-        existing = next((lease for lease in server.leases.get(key, ()) if lease.session is session), None)
+        existing = next((pooled for pooled in server.by_key.get(key, ()) if pooled.session is session), None)
         if existing is not None:  # a stdio server's one process, already pooled
             return existing
-        lease = Lease(session, runtime.id, key, now, now)
-        server.leases.setdefault(key, []).append(lease)
-        return lease
+        pooled = PooledSession(session, runtime.id, key, now, now)
+        server.by_key.setdefault(key, []).append(pooled)
+        return pooled
 
-    def release(self, runtime: ServerRuntime, lease: Lease, *, identity: str, failed: bool = False) -> None:
+    def release(self, runtime: ServerRuntime, pooled: PooledSession, *, identity: str, failed: bool = False) -> None:
         """Give a session back; one whose call hit a transport error is discarded, not returned."""
         server = self._servers[runtime.id]
         if self._shares(server, self._key(server, identity), identity):
             self._unhold(server, identity)
-        runtime.in_flight -= 1
-        runtime.last_used = runtime.clock()
-        lease.in_use -= 1
-        lease.last_used = self.clock()
-        if failed or lease.session.closed:
-            self._evict(server, lease, "upstream_closed")
-        if lease.retiring and lease.idle:  # evicted while in use, now or before: its last request ended
-            server.retiring.discard(lease)
-            self._close(lease)
+        runtime.request_ended()
+        pooled.in_use -= 1
+        pooled.last_used = self.clock()
+        if failed or pooled.session.closed:
+            self._evict(server, pooled, EvictionReason.UPSTREAM_CLOSED)
+        if pooled.retiring and pooled.idle:  # evicted while in use, now or before: its last request ended
+            server.retiring.discard(pooled)
+            self._close(pooled)
         server.changed.set()
 
     # -- eviction -------------------------------------------------------------------------------
 
-    def _evict(self, server: _Server, lease: Lease, reason: str) -> asyncio.Future[Any] | None:
+    def _evict(
+        self, server: _PooledServer, pooled: PooledSession, reason: EvictionReason
+    ) -> asyncio.Future[Any] | None:
         """Drop a session from the pool with its reason; close it now, or when its last request ends."""
-        leases = server.leases.get(lease.identity)
-        if leases is None or lease not in leases:
+        keyed = server.by_key.get(pooled.identity)
+        if keyed is None or pooled not in keyed:
             return None
-        leases.remove(lease)
-        if not leases:
-            del server.leases[lease.identity]
-        lease.reason = reason
+        keyed.remove(pooled)
+        if not keyed:
+            del server.by_key[pooled.identity]
+        pooled.reason = reason
         self.observer.pool_event(server.runtime.id, PoolEvent.EVICTED, reason)
         server.changed.set()
-        if lease.idle:
-            return self._close(lease)
-        lease.retiring = True  # requests in flight finish first
-        server.retiring.add(lease)
+        if pooled.idle:
+            return self._close(pooled)
+        pooled.retiring = True  # requests in flight finish first
+        server.retiring.add(pooled)
         return None
 
-    def _close(self, lease: Lease) -> asyncio.Future[Any] | None:
-        """Close an evicted session: DELETE for HTTP; a stdio process is stopped by its runtime."""
-        server = self._servers[lease.server_id]
-        if lease.session.closed:
+    def _close(self, pooled: PooledSession) -> asyncio.Future[Any] | None:
+        """Close an evicted session, as its runtime closes one (DELETE; or a stdio server's stop)."""
+        server = self._servers[pooled.server_id]
+        if pooled.session.closed:
             return None
-        if server.stdio:
-            if any(other.session is lease.session for other in self.leases(lease.server_id)):
-                return None  # the process was pooled again while this lease retired: it serves others now
-            reason = _EVICTION_STOPS.get(lease.reason, StopReason.MANUAL)
-            closing = asyncio.ensure_future(server.runtime.stop(reason))
-        else:
-            closing = asyncio.ensure_future(lease.session.close(lease.reason))
+        if any(other.session is pooled.session for other in self.pooled_sessions(pooled.server_id)):
+            return None  # the one session was pooled again while this entry retired: it serves others now
+        reason = pooled.reason or EvictionReason.MANUAL
+        closing = asyncio.ensure_future(server.runtime.close_session(pooled.session, reason))
         closing.add_done_callback(_log_failure)
         return closing
 
-    def _open_breaker(self, server: _Server) -> None:
+    def _open_breaker(self, server: _PooledServer) -> None:
         log.error("server %s: circuit breaker open for %gs", server.runtime.id, server.config.cooldown)
-        for lease in [lease for leases in server.leases.values() for lease in leases if lease.idle]:
-            self._evict(server, lease, "circuit_breaker")
+        for pooled in [pooled for keyed in server.by_key.values() for pooled in keyed if pooled.idle]:
+            self._evict(server, pooled, EvictionReason.CIRCUIT_BREAKER)
 
     def server_stopped(self, server_id: str, reason: StopReason) -> None:
         """The lifecycle stopped a server: its sessions are gone, with the stop's reason."""
         server = self._servers.get(server_id)
         if server is None:
             return
-        for lease in [lease for leases in server.leases.values() for lease in leases]:
-            self._evict(server, lease, _STOP_EVICTIONS.get(reason, "upstream_closed"))
+        for pooled in [pooled for keyed in server.by_key.values() for pooled in keyed]:
+            self._evict(server, pooled, eviction_for_stop(reason))
 
-    async def evict_server(self, server_id: str, reason: str) -> int:
+    async def evict_server(self, server_id: str, reason: EvictionReason) -> int:
         """Evict every session of one server (the admin endpoint, shutdown); returns how many."""
         server = self._servers[server_id]
-        doomed = [lease for leases in server.leases.values() for lease in leases]
-        closing = [future for lease in doomed if (future := self._evict(server, lease, reason)) is not None]
+        doomed = [pooled for keyed in server.by_key.values() for pooled in keyed]
+        closing = [future for pooled in doomed if (future := self._evict(server, pooled, reason)) is not None]
         await asyncio.gather(*closing, return_exceptions=True)
         return len(doomed)
 
@@ -434,11 +374,11 @@ class SessionPool:
         """Evict sessions past their TTL or idle past `idle_ttl` (stdio idleness is the server's idle_timeout)."""
         now = self.clock()
         for server in self._servers.values():
-            if server.stdio:
-                continue  # a stdio session ends with its process; its runtime reports why
-            for lease in [lease for leases in server.leases.values() for lease in leases]:
-                if expired := self._expiry(server, lease, now):
-                    self._evict(server, lease, expired)
+            if server.single:
+                continue  # a single session ends with its server (a process); its runtime reports why
+            for pooled in [pooled for keyed in server.by_key.values() for pooled in keyed]:
+                if expired := self._expiry(server, pooled, now):
+                    self._evict(server, pooled, expired)
 
     async def run_sweeper(self, every: float = 1.0) -> None:
         while True:
@@ -447,18 +387,18 @@ class SessionPool:
 
     async def close(self) -> None:
         for server_id in list(self._servers):
-            await self.evict_server(server_id, "shutdown")
+            await self.evict_server(server_id, EvictionReason.SHUTDOWN)
 
     # -- what operators and metrics read ------------------------------------------------------------
 
-    def leases(self, server_id: str | None = None) -> list[Lease]:
+    def pooled_sessions(self, server_id: str | None = None) -> list[PooledSession]:
         servers = [self._servers[server_id]] if server_id is not None else list(self._servers.values())
-        return [lease for server in servers for leases in list(server.leases.values()) for lease in leases]
+        return [pooled for server in servers for keyed in list(server.by_key.values()) for pooled in keyed]
 
     def all_sessions(self) -> list[UpstreamSession]:
         """Every open session, retiring ones included: the drain deadline fails their requests too."""
-        retiring = [lease for server in self._servers.values() for lease in server.retiring]
-        return [lease.session for lease in self.leases() + retiring]
+        retiring = [pooled for server in self._servers.values() for pooled in server.retiring]
+        return [pooled.session for pooled in self.pooled_sessions() + retiring]
 
     def live_sessions(self, server_id: str, identity: str) -> list[UpstreamSession]:
         """Open sessions this caller may be using with one server (no hit or miss is counted).
@@ -467,15 +407,15 @@ class SessionPool:
         """
         server = self._servers[server_id]
         key = self._key(server, identity)
-        leases = [*server.leases.get(key, ()), *(lease for lease in server.retiring if lease.identity == key)]
-        return [lease.session for lease in leases if not lease.session.closed]
+        keyed = [*server.by_key.get(key, ()), *(pooled for pooled in server.retiring if pooled.identity == key)]
+        return [pooled.session for pooled in keyed if not pooled.session.closed]
 
     def occupancy(self) -> list[tuple[str, int, int, int]]:
         """(server id, sessions in use, sessions pooled, breaker state) for every server."""
         return [
             (
                 server_id,
-                sum(1 for lease in self.leases(server_id) if not lease.idle),
+                sum(1 for pooled in self.pooled_sessions(server_id) if not pooled.idle),
                 server.size,
                 int(server.breaker.state),
             )
@@ -491,14 +431,14 @@ class SessionPool:
             "size": server.size,
             "sessions": [
                 {
-                    "identity": lease.identity or "*",
-                    "state": "retiring" if lease.retiring else ("in_use" if lease.in_use else "idle"),
-                    "in_use": lease.in_use,
-                    "age_seconds": round(now - lease.created, 3),
-                    "idle_seconds": round(now - lease.last_used, 3) if lease.idle else 0.0,
-                    "protocol_version": lease.session.protocol_version,
+                    "identity": pooled.identity or "*",
+                    "state": "retiring" if pooled.retiring else ("in_use" if pooled.in_use else "idle"),
+                    "in_use": pooled.in_use,
+                    "age_seconds": round(now - pooled.created, 3),
+                    "idle_seconds": round(now - pooled.last_used, 3) if pooled.idle else 0.0,
+                    "protocol_version": pooled.session.protocol_version,
                 }
-                for lease in [*self.leases(server_id), *server.retiring]
+                for pooled in [*self.pooled_sessions(server_id), *server.retiring]
             ],
         }
 

@@ -100,10 +100,6 @@ def is_request(message: Message) -> bool:
     return "method" in message and "id" in message
 
 
-def is_notification(message: Message) -> bool:
-    return "method" in message and "id" not in message
-
-
 def error_response(request_id: Any, error: dict[str, Any]) -> Message:
     return {"jsonrpc": "2.0", "id": request_id, "error": error}
 

@@ -1,6 +1,6 @@
 """Downstream MCP sessions: one per client that initialized with the gateway.
 
-A `ClientSession` remembers what the client negotiated (protocol version, capabilities), whose it
+A `DownstreamSession` remembers what the client negotiated (protocol version, capabilities), whose it
 is (identity), which endpoint it belongs to (one server, or the aggregate), and carries the
 channels back to the client: the GET stream and the replies to server-to-client requests relayed
 to it. The store issues ids, enforces the session limit and forgets idle sessions.
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import (
-    GatewayError,
     MethodNotFound,
     Rejected,
     SessionQuota,
@@ -45,7 +44,7 @@ class SessionLimits:
     stream_buffer: int  # bytes queued for a GET stream the client does not read
 
 
-class ClientSession:
+class DownstreamSession:
     def __init__(
         self, session_id: str, scope: str | None, identity: str, protocol_version: str, stream_buffer: int
     ) -> None:
@@ -57,12 +56,12 @@ class ClientSession:
         self.created = self.last_used = time.monotonic()
         self.stream: EventStream | None = None  # the GET stream, while one is open
         self.stream_buffer = stream_buffer
-        self.on_overflow: Callable[[ClientSession], None] | None = None
+        self.on_overflow: Callable[[DownstreamSession], None] | None = None
         self.closed = False
         self._relayed: dict[str, asyncio.Future[Message]] = {}
         self._ids = itertools.count(1)
 
-    # -- the GET stream as a Downstream ------------------------------------------------------------
+    # -- the GET stream as a ClientChannel -------------------------------------------------------
 
     def open_stream(self) -> EventStream:
         self.stream = EventStream(self.stream_buffer)
@@ -134,13 +133,13 @@ class SessionStore:
     def __init__(
         self,
         limits: SessionLimits,
-        on_end: Callable[[ClientSession], None] | None = None,
-        on_overflow: Callable[[ClientSession], None] | None = None,
+        on_end: Callable[[DownstreamSession], None] | None = None,
+        on_overflow: Callable[[DownstreamSession], None] | None = None,
     ) -> None:
         self.limits = limits
         self._on_end = on_end
         self._on_overflow = on_overflow
-        self._sessions: dict[str, ClientSession] = {}
+        self._sessions: dict[str, DownstreamSession] = {}
         self._held: Counter[str] = Counter()  # sessions per identity
 
     def __len__(self) -> int:
@@ -149,7 +148,7 @@ class SessionStore:
     def __iter__(self) -> Any:
         return iter(list(self._sessions.values()))
 
-    def create(self, scope: str | None, identity: str, protocol_version: str) -> ClientSession:
+    def create(self, scope: str | None, identity: str, protocol_version: str) -> DownstreamSession:
         """A new session; refused when the gateway, or this caller, holds its maximum (idle ones expire first)."""
         limits = self.limits
         if len(self._sessions) >= limits.max_sessions or self._held[identity] >= limits.per_identity:
@@ -165,16 +164,16 @@ class SessionStore:
                 f"the gateway holds its maximum of {limits.max_sessions} client sessions",
                 data={"reason": "session_limit", "limit": limits.max_sessions},
             )
-        session = ClientSession(secrets.token_hex(16), scope, identity, protocol_version, limits.stream_buffer)
+        session = DownstreamSession(secrets.token_hex(16), scope, identity, protocol_version, limits.stream_buffer)
         session.on_overflow = self._on_overflow
         self._sessions[session.id] = session
         self._held[identity] += 1
         return session
 
-    def get(self, session_id: str) -> ClientSession | None:
+    def get(self, session_id: str) -> DownstreamSession | None:
         return self._sessions.get(session_id)
 
-    def end(self, session: ClientSession) -> None:
+    def end(self, session: DownstreamSession) -> None:
         if self._sessions.pop(session.id, None) is not None:
             self._held[session.identity] -= 1
             if not self._held[session.identity]:
@@ -195,6 +194,3 @@ class SessionStore:
     def close_all(self) -> None:
         for session in list(self._sessions.values()):
             self.end(session)
-
-
-__all__ = ["ClientSession", "GatewayError", "SessionLimits", "SessionStore"]

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from gateway.errors import INVALID_REQUEST, GatewayError, InvalidRequest, ShuttingDown, TooDeep, UpstreamInvalid
-from gateway.events import Rejection, RequestRecord
+from gateway.auth import Auth
+from gateway.errors import GatewayError, InvalidRequest, ShuttingDown, TooDeep, UpstreamInvalid
+from gateway.events import Observer, Rejection, RequestRecord
 from gateway.headers import media_quality
 from gateway.protocol import (
     HEADER_REQUIRED_SINCE,
@@ -31,69 +31,28 @@ from gateway.protocol import (
     loads,
     negotiate,
 )
-from gateway.sessions import ClientSession
+from gateway.responses import JSON, HttpError, Receive, Scope, Send, send_body, send_http_error
+from gateway.sessions import DownstreamSession, SessionStore
 from gateway.stream import EventStream, sse_event, sse_frame
-from gateway.upstream.base import Downstream
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.upstream.base import ClientChannel
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Any
-Send = Any
-
 KEEPALIVE_SECONDS = 15.0
-_JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
 class McpHandler(Protocol):
     """What answers the MCP messages of one endpoint: one server's proxy, or the aggregate."""
 
-    async def initialize(self, session: ClientSession, message: Message) -> dict[str, Any]: ...
+    server_id: str | None  # the one server behind the endpoint; None for the aggregate
+    transport: str | None  # that server's transport
 
-    async def request(self, session: ClientSession, message: Message, channel: Downstream) -> Message: ...
+    async def initialize(self, session: DownstreamSession, message: Message) -> dict[str, Any]: ...
 
-    async def notification(self, session: ClientSession, message: Message) -> None: ...
+    async def request(self, session: DownstreamSession, message: Message, channel: ClientChannel) -> Message: ...
 
-
-class HttpError(Exception):
-    """An answer outside JSON-RPC: an HTTP status with a JSON body that says what was wrong."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        extra: dict[str, Any] | None = None,
-        headers: Any = None,
-        rejection: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": message, **(extra or {})}
-        self.headers: list[tuple[bytes, bytes]] = headers or []
-        self.rejection = rejection  # an `events.Rejection` reason, when a limit or a check refused
-
-
-async def send_body(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_http_error(send: Send, error: HttpError) -> None:
-    """An MCP endpoint's HTTP error, shaped as a JSON-RPC error (id null) so MCP clients show its message."""
-    body: dict[str, Any] = {"code": INVALID_REQUEST, "message": error.body["error"]}
-    if len(error.body) > 1:
-        body["data"] = {k: v for k, v in error.body.items() if k != "error"}
-    await send_body(send, error.status, dumps(error_response(None, body)), [*_JSON, *error.headers])
+    async def notification(self, session: DownstreamSession, message: Message) -> None: ...
 
 
 def encode_response(response: Message) -> bytes:
@@ -105,29 +64,14 @@ def encode_response(response: Message) -> bytes:
         return dumps(error_response(response.get("id"), error.to_error()))
 
 
-class Auth:
-    """Bearer tokens, compared in constant time; the caller's identity is a hash of its token."""
-
-    def __init__(self, tokens: list[str]) -> None:
-        self._digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
-
-    @property
-    def required(self) -> bool:
-        return bool(self._digests)
-
-    def identity(self, headers: dict[bytes, bytes]) -> str:
-        """The caller's identity; raises 401 when tokens are configured and none of them was sent."""
-        value = headers.get(b"authorization", b"")
-        token = value[7:].strip() if value[:7].lower() == b"bearer " else b""
-        digest = hashlib.sha256(token).digest() if token else b""
-        if self._digests and not any(hmac.compare_digest(digest, known) for known in self._digests):
-            raise HttpError(
-                401,
-                "a valid bearer token is required" if token else "missing bearer token",
-                headers=[(b"www-authenticate", b'Bearer realm="mcp-gateway"')],
-                rejection=Rejection.UNAUTHORIZED,
-            )
-        return digest.hex()[:16] if token else "anonymous"
+def _acceptable(headers: dict[bytes, bytes]) -> tuple[bool, bool]:
+    """Whether the client takes a JSON reply, and an SSE one; 406 when it takes neither."""
+    accept = headers[b"accept"].decode("latin-1") if b"accept" in headers else None
+    json_ok = media_quality(accept, "application/json") > 0
+    sse_ok = media_quality(accept, "text/event-stream") > 0
+    if not json_ok and not sse_ok:
+        raise HttpError(406, "Not Acceptable: Accept must include application/json and text/event-stream")
+    return json_ok, sse_ok
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
@@ -155,7 +99,7 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
 
 
 class PostChannel:
-    """The reply to one POSTed request, as a `Downstream` for the upstream's related messages.
+    """The reply to one POSTed request, as a `ClientChannel` for the upstream's related messages.
 
     Related messages switch the reply to an SSE stream, bounded like every client stream: what does
     not fit while the client is not reading is dropped (notifications) or refused (server requests),
@@ -163,7 +107,7 @@ class PostChannel:
     """
 
     def __init__(
-        self, session: ClientSession, send: Send, json_ok: bool, sse_ok: bool, on_overflow: Callable[[], None]
+        self, session: DownstreamSession, send: Send, json_ok: bool, sse_ok: bool, on_overflow: Callable[[], None]
     ) -> None:
         self.session = session
         self._send = send
@@ -208,7 +152,7 @@ class PostChannel:
     async def finish(self, response: Message) -> None:
         body = encode_response(response)
         if self._stream is None and self._json_ok:
-            await send_body(self._send, 200, body, _JSON)
+            await send_body(self._send, 200, body, JSON)
             return
         stream = self._start_stream()
         stream.put(sse_frame(body), force=True)
@@ -217,52 +161,86 @@ class PostChannel:
         await self._writer
 
 
+@dataclass(slots=True)
+class Readiness:
+    """Whether the gateway takes work: `ready` once started, `draining` from the first sign of shutdown."""
+
+    ready: bool = False
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """What every MCP endpoint shares: who may call, the client sessions, the body limit, the observer."""
+
+    auth: Auth
+    sessions: SessionStore
+    observer: Observer
+    readiness: Readiness
+    max_body_bytes: int
+
+
+# The handler of a request's endpoint: the aggregate, or one server's proxy (HTTP 404 for an unknown id).
+Resolve = Callable[[Scope], McpHandler]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One HTTP request on an MCP endpoint, as the steps of its handling need it."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    headers: dict[bytes, bytes]
+    identity: str  # who sent it (see `gateway.auth`)
+    handler: McpHandler
+
+    @property
+    def server_id(self) -> str | None:
+        return self.handler.server_id
+
+
 class McpEndpoint:
     """The ASGI app behind `/mcp` and `/servers/{server_id}/mcp`."""
 
-    def __init__(self, gateway: Gateway, aggregate: bool) -> None:
-        self.gateway = gateway
-        self.aggregate = aggregate
+    def __init__(self, edge: Edge, resolve: Resolve) -> None:
+        self.edge = edge
+        self.resolve = resolve
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: dict[bytes, bytes] = dict(scope["headers"])
+        handler: McpHandler | None = None
         try:
-            await self._dispatch(scope, receive, send, headers)
+            identity = self.edge.auth.identity(headers)  # before anything is said of the servers
+            handler = self.resolve(scope)
+            await self._dispatch(Exchange(scope, receive, send, headers, identity, handler))
         except HttpError as exc:
             if exc.rejection is not None:
-                self.gateway.observer.rejected(self._known_server(scope), exc.rejection)
+                self.edge.observer.rejected(handler.server_id if handler is not None else None, exc.rejection)
             await send_http_error(send, exc)
 
-    def _known_server(self, scope: Scope) -> str | None:
-        """The configured server this endpoint serves; None for /mcp or an unknown id (never a label value)."""
-        server_id = None if self.aggregate else scope["path_params"]["server_id"]
-        return server_id if server_id in self.gateway.lifecycle.servers else None
-
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
-        gateway = self.gateway
-        identity = gateway.auth.identity(headers)
-        server_id: str | None = None if self.aggregate else scope["path_params"]["server_id"]
-        handler = gateway.handler_for(server_id)
-        method = scope["method"]
+    async def _dispatch(self, exchange: Exchange) -> None:
+        method = exchange.scope["method"]
         if method == "POST":
-            await self._post(scope, receive, send, headers, identity, server_id, handler)
+            await self._post(exchange)
         elif method == "GET":
-            session = self._session(headers, identity, server_id)
-            if gateway.draining:
+            session = self._session(exchange)
+            if self.edge.readiness.draining:
                 raise HttpError(503, "Service Unavailable: the gateway is shutting down; retry on another replica")
-            await self._get(receive, send, session)
+            await self._get(exchange, session)
         elif method == "DELETE":
-            gateway.sessions.end(self._session(headers, identity, server_id))
-            await send_body(send, 200, b"", [])
+            self.edge.sessions.end(self._session(exchange))
+            await send_body(exchange.send, 200, b"", [])
         else:
             raise HttpError(405, f"method {method} is not allowed here", headers=[(b"allow", b"GET, POST, DELETE")])
 
-    def _session(self, headers: dict[bytes, bytes], identity: str, server_id: str | None) -> ClientSession:
+    def _session(self, exchange: Exchange) -> DownstreamSession:
+        headers = exchange.headers
         raw = headers.get(b"mcp-session-id")
         if raw is None:
             raise HttpError(400, "Bad Request: Mcp-Session-Id header is required (initialize first)")
-        session = self.gateway.sessions.get(raw.decode("latin-1"))
-        if session is None or session.scope != server_id or session.identity != identity:
+        session = self.edge.sessions.get(raw.decode("latin-1"))
+        if session is None or session.scope != exchange.server_id or session.identity != exchange.identity:
             raise HttpError(404, "Session not found: it ended or never existed; initialize a new one")
         version = headers.get(b"mcp-protocol-version")
         if version is not None:
@@ -277,104 +255,93 @@ class McpEndpoint:
         session.last_used = time.monotonic()
         return session
 
-    async def _post(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: dict[bytes, bytes],
-        identity: str,
-        server_id: str | None,
-        handler: McpHandler,
-    ) -> None:
-        gateway = self.gateway
-        accept = headers[b"accept"].decode("latin-1") if b"accept" in headers else None
-        json_ok = media_quality(accept, "application/json") > 0
-        sse_ok = media_quality(accept, "text/event-stream") > 0
-        if not json_ok and not sse_ok:
-            raise HttpError(406, "Not Acceptable: Accept must include application/json and text/event-stream")
-        body = await read_body(receive, headers, gateway.settings.limits.max_body_bytes)
+    async def _post(self, exchange: Exchange) -> None:
+        """A POSTed message: read and checked, then answered as a request, a notification or a response."""
+        json_ok, sse_ok = _acceptable(exchange.headers)
+        body = await read_body(exchange.receive, exchange.headers, self.edge.max_body_bytes)
         request_id: Any = None
         try:
-            parsed = loads(body)
-            if isinstance(parsed, list):
-                raise InvalidRequest("Invalid Request: JSON-RPC batches are not supported; send one message per POST")
-            message = check_message(parsed)
+            message = self._message(body)
             request_id = message.get("id")
-            if gateway.draining:
-                raise ShuttingDown(
-                    "the gateway is shutting down; retry on another replica", data={"reason": "shutdown"}
-                )
             if message.get("method") == "initialize":
-                if "id" not in message:
-                    raise InvalidRequest("Invalid Request: initialize must be a request with an id")
-                await self._initialize(send, message, identity, server_id, handler)
+                await self._initialize(exchange, message)
                 return
-            session = self._session(headers, identity, server_id)
+            session = self._session(exchange)
         except GatewayError as exc:
             if exc.rejection is not None:
-                gateway.observer.rejected(server_id, exc.rejection)
+                self.edge.observer.rejected(exchange.server_id, exc.rejection)
             # Faults of the HTTP exchange itself get their status; the rest is a JSON-RPC error in a 200.
             status = exc.http_status if exc.transport_level else 200
-            await send_body(send, status, dumps(error_response(request_id, exc.to_error())), _JSON)
+            await send_body(exchange.send, status, dumps(error_response(request_id, exc.to_error())), JSON)
             return
         if not is_request(message):
             if "method" in message:
-                await handler.notification(session, message)
+                await exchange.handler.notification(session, message)
             elif not session.answer(message):
                 log.debug("client response to an unknown request id %r dropped", message.get("id"))
-            await send_body(send, 202, b"", [])
+            await send_body(exchange.send, 202, b"", [])
             return
+        server_id, observer = exchange.server_id, self.edge.observer
 
         def overflowed() -> None:
-            gateway.observer.rejected(server_id, Rejection.STREAM_OVERFLOW)
+            observer.rejected(server_id, Rejection.STREAM_OVERFLOW)
 
-        channel = PostChannel(session, send, json_ok, sse_ok, overflowed)
-        response = await handler.request(session, message, channel)
+        channel = PostChannel(session, exchange.send, json_ok, sse_ok, overflowed)
+        response = await exchange.handler.request(session, message, channel)
         await channel.finish(response)
 
-    async def _initialize(
-        self, send: Send, message: Message, identity: str, server_id: str | None, handler: McpHandler
-    ) -> None:
+    def _message(self, body: bytes) -> Message:
+        """The one JSON-RPC message a POST carries; raises the error that says what is wrong with it."""
+        parsed = loads(body)
+        if isinstance(parsed, list):
+            raise InvalidRequest("Invalid Request: JSON-RPC batches are not supported; send one message per POST")
+        message = check_message(parsed)
+        if self.edge.readiness.draining:
+            raise ShuttingDown("the gateway is shutting down; retry on another replica", data={"reason": "shutdown"})
+        if message.get("method") == "initialize" and "id" not in message:
+            raise InvalidRequest("Invalid Request: initialize must be a request with an id")
+        return message
+
+    async def _initialize(self, exchange: Exchange, message: Message) -> None:
         params = message.get("params") or {}
         version = negotiate(params.get("protocolVersion"))
         started = time.perf_counter()
-        session: ClientSession | None = None
+        sessions = self.edge.sessions
+        session: DownstreamSession | None = None
         error: GatewayError | None = None
         try:
-            session = self.gateway.sessions.create(server_id, identity, version)
+            session = sessions.create(exchange.server_id, exchange.identity, version)
             capabilities = params.get("capabilities")
             session.capabilities = capabilities if isinstance(capabilities, dict) else {}
-            result = await handler.initialize(session, message)
+            result = await exchange.handler.initialize(session, message)
         except BaseException as exc:
             error = exc if isinstance(exc, GatewayError) else None
             if session is not None:
-                self.gateway.sessions.end(session)
+                sessions.end(session)
             raise
         finally:
-            transport = self.gateway.lifecycle.servers[server_id].transport if server_id else None
-            self.gateway.observer.request_finished(
-                RequestRecord(
-                    server_id or "",
-                    "initialize",
-                    None,
-                    time.perf_counter() - started,
-                    error.error_type if error is not None else None,
-                    None,
-                    version,
-                    transport,
-                )
+            record = RequestRecord(
+                server_id=exchange.server_id or "",
+                method="initialize",
+                target=None,
+                duration=time.perf_counter() - started,
+                error_type=error.error_type if error is not None else None,
+                upstream_duration=None,
+                protocol_version=version,
+                upstream_transport=exchange.handler.transport,
             )
+            self.edge.observer.request_finished(record)
         result["protocolVersion"] = version
-        headers = [*_JSON, (b"mcp-session-id", session.id.encode())]
-        await send_body(send, 200, dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}), headers)
+        headers = [*JSON, (b"mcp-session-id", session.id.encode())]
+        await send_body(exchange.send, 200, dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}), headers)
 
-    async def _get(self, receive: Receive, send: Send, session: ClientSession) -> None:
+    async def _get(self, exchange: Exchange, session: DownstreamSession) -> None:
+        send = exchange.send
         if session.stream is not None:
             raise HttpError(409, "Conflict: this session already has an open GET stream")
         stream = session.open_stream()
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        disconnected = asyncio.create_task(_wait_disconnect(receive))
+        disconnected = asyncio.create_task(_wait_disconnect(exchange.receive))
         try:
             while not disconnected.done():
                 getter = asyncio.ensure_future(stream.get())

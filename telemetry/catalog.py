@@ -91,7 +91,6 @@ REJECTION_REASONS: Final = (
     "cross_site",
 )
 OMISSION_REASONS: Final = ("starting", "failed")
-TRANSPORTS: Final = ("stdio", "streamable-http")
 UNKNOWN_TOOL: Final = "unknown"
 OTHER: Final = "other"
 GATEWAY_SERVER: Final = "_gateway"  # server_id of requests the gateway answered without an upstream

@@ -90,14 +90,30 @@ class Fleet(Protocol):
         ...
 
 
+class _NoFleet:
+    """What the recorder reads before it is given the fleet to watch: nothing."""
+
+    def server_samples(self) -> Iterable[ServerSample]:
+        return ()
+
+    def pool_samples(self) -> Iterable[PoolSample]:
+        return ()
+
+    def tasks(self) -> int | None:
+        return None
+
+
 def _network_transport(upstream: str | None) -> str:
     return "pipe" if upstream == "stdio" else "tcp"
 
 
 class Recorder:
-    def __init__(self, meter: Meter, settings: TelemetrySettings, fleet: Fleet) -> None:
+    """The gateway's observer. Its gauges read a `Fleet`, given by `watch` once the gateway exists
+    (the gateway needs its observer first): until then they have no samples."""
+
+    def __init__(self, meter: Meter, settings: TelemetrySettings) -> None:
         self.settings = settings
-        self.fleet = fleet
+        self.fleet: Fleet = _NoFleet()
         self.gateway_id = settings.gateway_id
         self.limit = settings.cardinality_limit
         self._requests: dict[tuple[str, str], int] = defaultdict(int)
@@ -187,6 +203,10 @@ class Recorder:
         for server in (*server_ids, GATEWAY_SERVER):
             for reason in REJECTION_REASONS:
                 self._rejections[(server, reason)] = 0
+
+    def watch(self, fleet: Fleet) -> None:
+        """Read the gauges from `fleet` from now on."""
+        self.fleet = fleet
 
     # -- the gateway's observation points ------------------------------------------------------
 

@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Protocol = Literal["http/protobuf", "grpc"]
+OtlpProtocol = Literal["http/protobuf", "grpc"]
 Temporality = Literal["cumulative", "delta", "lowmemory"]
 
 
 @dataclass(frozen=True)
 class OtlpSettings:
-    protocol: Protocol = "http/protobuf"
+    protocol: OtlpProtocol = "http/protobuf"
     endpoint: str | None = None  # None: the exporter's own default or the OTEL_EXPORTER_OTLP_* variables
     headers: dict[str, str] = field(default_factory=dict)
     interval_seconds: float = 60.0

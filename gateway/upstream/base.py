@@ -38,7 +38,7 @@ CLIENT_INFO = {"name": "mcp-gateway", "version": __version__}
 CLIENT_CAPABILITIES: dict[str, Any] = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {}}
 
 
-class Downstream(Protocol):
+class ClientChannel(Protocol):
     """A channel back to one downstream client: where related upstream messages go."""
 
     def notify(self, message: Message) -> bool:
@@ -62,7 +62,7 @@ class UpstreamHandler(Protocol):
 class Pending:
     future: asyncio.Future[Message]
     client_id: Any
-    downstream: Downstream | None
+    downstream: ClientChannel | None
     owner: object = None  # the client session that sent it, for cancellation
     progress_token: Any = None
     method: str = ""
@@ -133,7 +133,7 @@ class UpstreamSession(ABC):
         await self.notify({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     async def request(
-        self, message: Message, *, timeout: float, downstream: Downstream | None = None, owner: object = None
+        self, message: Message, *, timeout: float, downstream: ClientChannel | None = None, owner: object = None
     ) -> Message:
         """Forward a request; return the upstream's response carrying the caller's own id again."""
         if self.closed:
@@ -298,9 +298,9 @@ class UpstreamSession(ABC):
             data={"server": self.server_id, "reason": "too_large", "limit": limit},
         )
 
-    def _sole_downstream(self) -> Downstream | None:
+    def _sole_downstream(self) -> ClientChannel | None:
         """The one downstream with requests in flight, if exactly one: stdio carries no request ids."""
-        found: Downstream | None = None
+        found: ClientChannel | None = None
         for pending in self._pending.values():
             if pending.downstream is None:
                 continue
@@ -309,7 +309,7 @@ class UpstreamSession(ABC):
             found = pending.downstream
         return found
 
-    async def _relay_request(self, message: Message, target: Downstream | None) -> None:
+    async def _relay_request(self, message: Message, target: ClientChannel | None) -> None:
         upstream_id = message["id"]
         try:
             if target is None:

@@ -47,7 +47,7 @@ class Child:
         preexec_fn: Callable[[], None] | None = None,
     ) -> Child:
         """Start `argv` in a session (process group) of its own; raises OSError when it cannot start."""
-        popen = subprocess.Popen(
+        popen = subprocess.Popen(  # noqa: ASYNC220 - fork and exec only; the loop gets the pipes (module doc)
             list(argv),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -106,7 +106,7 @@ class Child:
         loop.add_reader(pidfd, exited)
 
     async def _poll_exit(self) -> None:
-        while self._popen.poll() is None:
+        while self._popen.poll() is None:  # noqa: ASYNC110 - no pidfd to wait on here: poll the exit
             await asyncio.sleep(_POLL_SECONDS)
         self._reap()
 

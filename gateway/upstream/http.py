@@ -30,7 +30,7 @@ from yarl import URL
 from gateway.config import HttpServer
 from gateway.errors import GatewayError, SessionExpired, UpstreamClosed, UpstreamInvalid, UpstreamUnavailable
 from gateway.protocol import Message, dumps
-from gateway.upstream.base import Pending, UpstreamHandler, UpstreamSession
+from gateway.upstream.base import DEFAULT_MAX_MESSAGE, Pending, UpstreamHandler, UpstreamSession
 from gateway.upstream.framing import Frame, Oversized, sse_data
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,9 @@ class HttpSession(UpstreamSession):
         config: HttpServer,
         client: HttpClient,
         handler: UpstreamHandler | None = None,
-        **limits: int,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
-        super().__init__(server_id, handler, **limits)
+        super().__init__(server_id, handler, max_message_bytes)
         self.config = config
         self._client = client
         self._url = URL(config.url)  # moved by a redirect within its origin
@@ -167,7 +167,7 @@ class HttpSession(UpstreamSession):
                 f"server {self.server_id!r}: session expired upstream (HTTP 404)",
                 data={"server": self.server_id, "reason": "upstream_closed"},
             )
-        if status == 202 or pending is None and status < 300:
+        if status == 202 or (pending is None and status < 300):
             return
         content_type = response.headers.get("content-type", "")
         if status >= 400:

@@ -23,7 +23,7 @@ from mcp.client.stdio import get_default_environment
 from gateway.config import StdioServer
 from gateway.errors import UpstreamClosed, UpstreamUnavailable
 from gateway.protocol import Message, dumps
-from gateway.upstream.base import Pending, UpstreamHandler, UpstreamSession
+from gateway.upstream.base import DEFAULT_MAX_MESSAGE, Pending, UpstreamHandler, UpstreamSession
 from gateway.upstream.child import Child
 from gateway.upstream.framing import Frame, LineSplitter, Oversized
 
@@ -49,13 +49,16 @@ class StdioSession(UpstreamSession):
     transport = "stdio"
 
     def __init__(
-        self, server_id: str, config: StdioServer, handler: UpstreamHandler | None = None, **limits: int
+        self,
+        server_id: str,
+        config: StdioServer,
+        handler: UpstreamHandler | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
-        super().__init__(server_id, handler, **limits)
+        super().__init__(server_id, handler, max_message_bytes)
         self.config = config
         self._proc: Child | None = None
         self._readers: list[asyncio.Task[None]] = []
-        self.exit_code: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -149,7 +152,6 @@ class StdioSession(UpstreamSession):
                 detail = "closed its stdout but kept running; killed"
                 self._kill()
                 code = await self._proc.wait()
-        self.exit_code = code
         self._kill_group()  # what the server started goes with it, whether it was asked to stop or not
         # Its stdin only: stderr is read to its end, so the last lines of a crash reach the log.
         self._proc.stdin.close()
@@ -201,4 +203,3 @@ class StdioSession(UpstreamSession):
         for task in self._readers:
             task.cancel()
         proc.close()
-        self.exit_code = proc.returncode

@@ -26,20 +26,18 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from telemetry.catalog import METRICS
-from tests.conftest import (
+from tests.support.mcp import call_outcome, mcp_session
+from tests.support.paths import REPO
+from tests.support.processes import (
     FAST_RESTART,
-    REPO,
     Gateway,
     Upstream,
-    call_outcome,
     demo_server,
-    eventually,
-    mcp_session,
     start_gateway,
     start_http_upstream,
     stop_gateway,
-    wait_for,
 )
+from tests.support.waiting import eventually, wait_for
 from tests.telemetry.prometheus import Prometheus, run_prometheus
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "mcp-gateway.json"

@@ -16,7 +16,6 @@ import functools
 import json
 import re
 import subprocess
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,10 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as operator
 from pydantic import ValidationError
 
+from gateway import __version__
 from gateway.config import Config, load_config
 from telemetry.provider import build_resource
 from telemetry.settings import TelemetrySettings
-from tests.conftest import PY, REPO, TOOLS
 from tests.deploy.layout import (
     COLLECTOR,
     COMPOSE,
@@ -39,13 +38,13 @@ from tests.deploy.layout import (
     K8S_GENERATOR,
     KUSTOMIZATIONS,
     OTLP_JOB,
-    PYPROJECT,
     RULE_FILES,
     collector_ports,
     flag_values,
     load_yaml,
     scrape_targets,
 )
+from tests.support.paths import PY, REPO, TOOLS
 
 KUBECTL = TOOLS / "bin" / "kubectl"
 # The oldest Kubernetes the manifests are for and the newest kubernetes-validate (pinned) knows.
@@ -81,9 +80,9 @@ def _all(docs: tuple[Doc, ...], kind: str) -> list[Doc]:
 
 
 def _one(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
-    [found] = [doc for doc in _all(docs, kind) if doc["metadata"]["name"] == name] or [None]
-    assert found is not None, f"no {kind} {name!r} among {[(d['kind'], d['metadata']['name']) for d in docs]}"
-    return found
+    found = [doc for doc in _all(docs, kind) if doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"no one {kind} {name!r} among {[(d['kind'], d['metadata']['name']) for d in docs]}"
+    return found[0]
 
 
 def _pod(deployment: Doc) -> Doc:
@@ -246,6 +245,13 @@ def test_the_operator_schema_check_catches_misspelled_keys_and_wrong_types() -> 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda path: str(path.relative_to(K8S)))
 def test_selectors_ports_and_config_maps_resolve(directory: Path) -> None:
     docs = _render(directory)
+    _deployments_resolve(docs)
+    _services_resolve(docs)
+    _monitors_resolve(docs)
+
+
+def _deployments_resolve(docs: tuple[Doc, ...]) -> None:
+    """Each Deployment selects its own pods; its probes name container ports; its ConfigMaps exist."""
     for deployment in _all(docs, "Deployment"):
         name, template = deployment["metadata"]["name"], deployment["spec"]["template"]
         assert _selects(deployment["spec"]["selector"]["matchLabels"], template["metadata"]["labels"]), name
@@ -256,12 +262,19 @@ def test_selectors_ports_and_config_maps_resolve(directory: Path) -> None:
         for volume in template["spec"].get("volumes", []):
             if "configMap" in volume:
                 _one(docs, "ConfigMap", volume["configMap"]["name"])
+
+
+def _services_resolve(docs: tuple[Doc, ...]) -> None:
     for service in _all(docs, "Service"):
         containers = _containers(docs, service["spec"]["selector"])
         assert containers, f"Service {service['metadata']['name']} selects no pod"
         for port in service["spec"]["ports"]:
             for container in containers:
                 _named_port(container, port["targetPort"])
+
+
+def _monitors_resolve(docs: tuple[Doc, ...]) -> None:
+    """ServiceMonitors select Services and name their ports; PodMonitors select pods and name theirs."""
     for monitor in _all(docs, "ServiceMonitor"):
         selector = monitor["spec"]["selector"]["matchLabels"]
         services = [s for s in _all(docs, "Service") if _selects(selector, s["metadata"]["labels"])]
@@ -293,7 +306,7 @@ def test_the_gateway_config_loads_and_the_container_serves_it(tmp_path: Path) ->
     config, container = _gateway_config(tmp_path)
     args = container["args"]
     host = (flag_values(args, "--host") or [config.gateway.host])[-1]
-    port = int((flag_values(args, "--port") or [config.gateway.port])[-1])
+    port = int((flag_values(args, "--port") or [str(config.gateway.port)])[-1])
     assert host not in ("127.0.0.1", "localhost", "::1"), f"the gateway binds {host}: unreachable from outside"
     assert _named_port(container, "http") == port, f"container port http is not the gateway's port {port}"
 
@@ -419,7 +432,7 @@ def test_each_replica_pushes_as_its_own_pod(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_images_are_the_projects_version_and_composes_collector() -> None:
-    version = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["version"]
+    version = __version__  # the project's one version (pyproject.toml reads it from there too)
     docs = _render(FULL)
     assert _container(docs, "mcp-gateway")["image"] == f"mcp-gateway:{version}", "the gateway image is not the version"
     compose = load_yaml(COMPOSE)["services"]["otel-collector"]["image"]

@@ -21,8 +21,8 @@ from gateway.config import GatewaySettings, PoolConfig, TelemetryConfig
 from telemetry.catalog import METRICS, Kind
 from telemetry.provider import build_resource
 from telemetry.settings import TelemetrySettings
-from tests.conftest import REPO
 from tests.deploy.layout import RULE_FILES, load_yaml
+from tests.support.paths import REPO
 from tests.telemetry.prometheus import binary
 
 DOC = REPO / "docs" / "observability.md"

@@ -10,6 +10,7 @@ series, and the only alert that may go pending is the one for the target that is
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -27,7 +28,6 @@ import pytest
 import yaml
 
 from telemetry.catalog import METRICS, Kind, Metric
-from tests.conftest import PY, REPO, Gateway, free_port, start_gateway, stop_gateway, wait_for
 from tests.deploy.layout import (
     DIRECT_JOB,
     GATEWAY_CONFIG,
@@ -39,6 +39,9 @@ from tests.deploy.layout import (
     load_yaml,
     scrape_targets,
 )
+from tests.support.paths import PY, REPO
+from tests.support.processes import Gateway, free_port, start_gateway, stop_gateway
+from tests.support.waiting import wait_for
 from tests.telemetry.prometheus import Prometheus, binary, run_prometheus
 
 # Labels Prometheus adds to every scraped series: the target's, and the collector's own job and
@@ -179,32 +182,37 @@ def test_rules_name_only_catalog_metrics_labels_and_values() -> None:
         selectors, grouping = _parse(rule["expr"])
         known = set(TARGET_LABELS)
         for selector in selectors:
-            if selector.name in samples:
-                metric = samples[selector.name]
-                labels = set(metric.labels) | TARGET_LABELS | ({"le"} if selector.name.endswith("_bucket") else set())
-                for label, operator, value in selector.matchers:
-                    assert label in labels, f"{what}: {selector.name} has no label {label!r}"
-                    closed = metric.values.get(label)
-                    if closed and operator in ("=", "=~") and re.fullmatch(r"[\w/|-]+", value):
-                        assert set(value.split("|")) <= set(closed), f"{what}: {label}={value!r} not in {closed}"
-                known |= labels
-            elif selector.name in recorded:
-                labels = recorded[selector.name] | TARGET_LABELS
-                for label, _, _ in selector.matchers:
-                    assert label in labels, f"{what}: {selector.name} records no label {label!r}"
-                known |= labels
-            elif selector.name == "up":
-                assert {label for label, _, _ in selector.matchers} <= {"job", "instance"}, what
-                for label, _, value in selector.matchers:
-                    if label == "job":
-                        assert set(value.split("|")) <= scrape_targets().keys(), f"{what}: job {value!r} is not scraped"
-            else:
-                raise AssertionError(f"{what}: {selector.name!r} is neither in telemetry/catalog.py nor recorded")
+            known |= _selector_labels(what, selector, samples, recorded)
         assert grouping <= known, f"{what}: groups by {sorted(grouping - known)}, which its series do not carry"
         if "record" in rule:
             recorded[rule["record"]] = recorded.get(rule["record"], set()) | grouping | set(rule.get("labels", {}))
             for selector in selectors:
                 recorded[rule["record"]] |= recorded.get(selector.name, set())
+
+
+def _selector_labels(what: str, selector: Any, samples: dict[str, Metric], recorded: dict[str, set[str]]) -> set[str]:
+    """The labels one selector's series carry, after checking its matchers name labels (and values) they have."""
+    if selector.name in samples:
+        metric = samples[selector.name]
+        labels = set(metric.labels) | TARGET_LABELS | ({"le"} if selector.name.endswith("_bucket") else set())
+        for label, operator, value in selector.matchers:
+            assert label in labels, f"{what}: {selector.name} has no label {label!r}"
+            closed = metric.values.get(label)
+            if closed and operator in ("=", "=~") and re.fullmatch(r"[\w/|-]+", value):
+                assert set(value.split("|")) <= set(closed), f"{what}: {label}={value!r} not in {closed}"
+        return labels
+    if selector.name in recorded:
+        labels = recorded[selector.name] | TARGET_LABELS
+        for label, _, _ in selector.matchers:
+            assert label in labels, f"{what}: {selector.name} records no label {label!r}"
+        return labels
+    if selector.name == "up":
+        assert {label for label, _, _ in selector.matchers} <= {"job", "instance"}, what
+        for label, _, value in selector.matchers:
+            if label == "job":
+                assert set(value.split("|")) <= scrape_targets().keys(), f"{what}: job {value!r} is not scraped"
+        return set()
+    raise AssertionError(f"{what}: {selector.name!r} is neither in telemetry/catalog.py nor recorded")
 
 
 # Recorded "metrics" that are sums of catalog families rather than one of them.
@@ -255,7 +263,7 @@ def _deploy_config(gw_port: int, dead_port: int) -> dict[str, Any]:
         for job in config["scrape_configs"]
         if job["job_name"] in loopback
     ]
-    return config
+    return dict(config)
 
 
 def _reload(prometheus: Prometheus, workdir: Path, config: dict[str, Any]) -> None:
@@ -317,12 +325,16 @@ def _finite(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [item for item in results if not math.isnan(item["value"])]
 
 
+def _finite_of(prometheus: Prometheus, query: str) -> list[dict[str, Any]]:
+    return _finite(prometheus.query(query))
+
+
 def test_every_recording_rule_records_a_series_from_real_traffic(stack: Stack) -> None:
     assert stack.sent.get("demo fail error") == 2, stack.sent  # round 10 of each run: the error ratio has errors
     for rule in _rules("record"):
         matchers = ",".join(f'{k}="{v}"' for k, v in {"job": DIRECT_JOB, **rule.get("labels", {})}.items())
         query = f"{rule['record']}{{{matchers}}}"
-        found = wait_for(lambda q=query: _finite(stack.prometheus.query(q)), 30, f"a series of {query}")
+        found = wait_for(functools.partial(_finite_of, stack.prometheus, query), 30, f"a series of {query}")
         by_server = {item["metric"].get("server_id"): item["value"] for item in found}
         assert "demo" in by_server, f"{query}: {found}"
     # Values, once the rules have evaluated on the scrape that saw the last errors.

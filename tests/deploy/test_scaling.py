@@ -21,18 +21,10 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import (
-    Gateway,
-    demo_server,
-    error_message,
-    mcp_session,
-    raw_initialize,
-    rpc,
-    scrape,
-    start_gateway,
-    stop_gateway,
-    wait_for,
-)
+from tests.support.mcp import error_message, mcp_session, raw_initialize, rpc
+from tests.support.metrics import scrape
+from tests.support.processes import Gateway, demo_server, start_gateway, stop_gateway
+from tests.support.waiting import wait_for
 from tests.telemetry.prometheus import Prometheus, run_prometheus
 
 SERVERS = ("alpha", "beta")

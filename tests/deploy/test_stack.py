@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 
 from gateway.config import load_config
 from gateway.observability import telemetry_settings
-from tests.conftest import PY, REPO, Gateway, demo_server, free_port
 from tests.deploy.layout import (
     COLLECTOR,
     COMPOSE,
@@ -40,6 +39,8 @@ from tests.deploy.layout import (
     load_yaml,
     scrape_targets,
 )
+from tests.support.paths import PY, REPO
+from tests.support.processes import Gateway, demo_server, free_port
 
 # -- 1. docker-compose.yml ----------------------------------------------------------------------
 
@@ -127,8 +128,8 @@ def test_compose_file_follows_the_compose_spec() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True)
-        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        checked = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True)
+        assert checked.returncode == 0, checked.stderr.decode(errors="replace")
 
 
 def test_compose_mounts_and_builds_only_what_the_repo_has() -> None:

@@ -19,13 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import (
+from tests.support.mcp import raw_initialize
+from tests.support.metrics import scrape
+from tests.support.processes import (
     Gateway,
     Upstream,
     demo_server,
     misbehaving_server,
-    raw_initialize,
-    scrape,
     start_gateway,
     start_http_upstream,
 )
@@ -75,7 +75,12 @@ envelopes = st.fixed_dictionaries(
     {"jsonrpc": st.just("2.0") | json_values},
     optional={"id": json_values, "method": methods | json_values, "params": params | json_values},
 )
-ECHO = {"jsonrpc": "2.0", "id": "good", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "ok"}}}
+ECHO: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": "good",
+    "method": "tools/call",
+    "params": {"name": "echo", "arguments": {"text": "ok"}},
+}
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import anyio
 import pytest
 from mcp import types
 
-from tests.conftest import demo_server, mcp_session, misbehaving_server
+from tests.support.mcp import mcp_session
+from tests.support.processes import demo_server, misbehaving_server
 
 pytestmark = pytest.mark.anyio
 

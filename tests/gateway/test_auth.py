@@ -6,25 +6,19 @@ tokens never reach the log, and the client's token is never passed on to an upst
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import (
-    Gateway,
-    demo_server,
-    error_message,
-    mcp_session,
-    raw_initialize,
-    rpc,
-    start_gateway,
-    start_http_upstream,
-)
+from tests.support.mcp import error_message, mcp_session, raw_initialize, rpc
+from tests.support.processes import Gateway, demo_server, start_gateway, start_http_upstream
 
 TOKEN_A = "tok-A-7f3c9e21d4b8a605"
 TOKEN_B = "tok-B-0d6e1f94a3c27b58"
@@ -113,7 +107,7 @@ async def test_a_right_token_works(gw: Gateway, headers: dict[str, str]) -> None
             assert result.content[0].text == "authorized"  # type: ignore[union-attr]
         async with mcp_session(gw.url("demo"), headers=headers) as session:
             assert "echo" in {tool.name for tool in (await session.list_tools()).tools}
-    servers = httpx.get(gw.base + "/servers", headers=headers, timeout=10)
+    servers = await anyio.to_thread.run_sync(functools.partial(httpx.get, gw.base + "/servers", headers=headers))
     assert servers.status_code == 200 and {s["id"] for s in servers.json()["servers"]} == {"demo", "remote"}
 
 

@@ -17,17 +17,9 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import (
-    Gateway,
-    demo_server,
-    error_message,
-    mcp_session,
-    misbehaving_server,
-    raw_initialize,
-    rpc,
-    start_gateway,
-    wait_for,
-)
+from tests.support.mcp import error_message, mcp_session, raw_initialize, rpc
+from tests.support.processes import Gateway, demo_server, misbehaving_server, start_gateway
+from tests.support.waiting import eventually, wait_for
 
 MAX_BODY = 4096
 HANG_TIMEOUT = 0.5
@@ -350,7 +342,9 @@ async def test_garbage_on_stdout_is_skipped(gw: Gateway) -> None:
             result = await session.call_tool("garbage", {})
             assert result.content[0].text == "garbage sent"  # type: ignore[union-attr]
             assert not result.is_error
-    wait_for(lambda: "not JSON on stdout; skipped: b'this is not json'" in gw.log(), 10, "the skipped line logged")
+    await eventually(
+        lambda: "not JSON on stdout; skipped: b'this is not json'" in gw.log(), 10, "the skipped line logged"
+    )
     assert_serves(gw, "/servers/bad/mcp")
 
 

@@ -18,7 +18,8 @@ import yaml
 
 from gateway.cli import loop_factory
 from gateway.config import ConfigError, HttpServer, StdioServer, load_config, parse_config
-from tests.conftest import PY, REPO, demo_server, free_port
+from tests.support.paths import PY, REPO
+from tests.support.processes import demo_server, free_port
 
 
 def _error(raw: Any, env: dict[str, str] | None = None) -> str:

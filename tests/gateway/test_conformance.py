@@ -19,7 +19,7 @@ from tests.conformance.runner import (
     start_server_everything_http,
     stop_process,
 )
-from tests.conftest import everything_server
+from tests.support.processes import everything_server
 
 GENERIC = ["server-initialize", "ping", "logging-set-level", "tools-list", "prompts-list", "resources-list"]
 

@@ -7,7 +7,8 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.conftest import Upstream, demo_server, mcp_session
+from tests.support.mcp import mcp_session
+from tests.support.processes import Upstream, demo_server
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,8 @@ from mcp import types
 from mcp.client.session import ClientRequestContext
 
 from tests.conformance.runner import minimal_env
-from tests.conftest import demo_server, everything_server, mcp_session
+from tests.support.mcp import mcp_session
+from tests.support.processes import demo_server, everything_server
 
 pytestmark = pytest.mark.anyio
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.upstream.framing import LineSplitter, Oversized, sse_data
+
+pytestmark = pytest.mark.fast
 
 
 def _split(chunks: list[bytes], limit: int) -> list[bytes | Oversized]:
@@ -52,7 +55,7 @@ def _sse(*chunks: bytes, limit: int = 1000) -> list[bytes | Oversized]:
 
 
 def test_sse_events_join_their_data_lines_and_skip_other_fields() -> None:
-    stream = b"event: message\r\nid: 1\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n: keepalive\n\ndata:x\n\n"
+    stream = b'event: message\r\nid: 1\r\ndata: {"a":\r\ndata: 1}\r\n\r\n: keepalive\n\ndata:x\n\n'
     assert _sse(stream[:7], stream[7:30], stream[30:]) == [b'{"a":\n1}', b"x"]
 
 

@@ -7,6 +7,8 @@ import pytest
 from gateway.config import GatewaySettings, fair_share
 from gateway.guard import host_allowed, origin_allowed
 
+pytestmark = pytest.mark.fast
+
 LOOPBACK = GatewaySettings().effective_allowed_hosts() or []
 
 
@@ -52,6 +54,8 @@ def test_a_loopback_bind_on_another_address_accepts_its_own_name() -> None:
     assert GatewaySettings(host="0.0.0.0").effective_allowed_hosts() is None  # any, unless configured
 
 
-@pytest.mark.parametrize(("total", "identities", "share"), [(64, 1, 64), (64, 2, 32), (64, 3, 22), (64, 9, 16), (1, 4, 1)])
+@pytest.mark.parametrize(
+    ("total", "identities", "share"), [(64, 1, 64), (64, 2, 32), (64, 3, 22), (64, 9, 16), (1, 4, 1)]
+)
 def test_fair_share(total: int, identities: int, share: int) -> None:
     assert fair_share(total, identities) == share

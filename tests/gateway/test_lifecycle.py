@@ -7,6 +7,7 @@ exact exchange matters), what the gateway thinks through `/servers`, what the OS
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -23,20 +24,11 @@ from starlette.testclient import TestClient
 from gateway.app import Gateway as AppGateway
 from gateway.app import create_app
 from gateway.config import parse_config
-from tests.conftest import (
-    FAST_RESTART,
-    PY,
-    Gateway,
-    call_outcome,
-    demo_server,
-    demo_with_helper,
-    eventually,
-    initialize_error,
-    mcp_session,
-    misbehaving_server,
-    raw_initialize,
-    scrape,
-)
+from tests.support.mcp import call_outcome, initialize_error, mcp_session, raw_initialize
+from tests.support.metrics import scrape
+from tests.support.paths import PY
+from tests.support.processes import FAST_RESTART, Gateway, demo_server, demo_with_helper, misbehaving_server
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -45,9 +37,14 @@ def _text(result: Any) -> str:
     return str(result.content[0].text)
 
 
+def _restarted(gw: Gateway, times: int) -> bool:
+    info = gw.server("odd")
+    return bool(info["state"] == "running" and info["restarts"] == times)
+
+
 def _alive(proc: psutil.Process) -> bool:
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -131,10 +128,7 @@ async def test_crash_loop_ends_in_failed_until_restarted(gateway_factory: Any) -
             with pytest.raises(MCPError) as crashed:
                 await session.call_tool("crash", {})
             assert crashed.value.data["reason"] == "crash"
-            await eventually(
-                lambda n=restarts: (info := gw.server("odd"))["state"] == "running" and info["restarts"] == n,
-                what=f"restart {restarts}",
-            )
+            await eventually(functools.partial(_restarted, gw, restarts), what=f"restart {restarts}")
         with pytest.raises(MCPError):
             await session.call_tool("crash", {})  # the third crash in the window: over max_attempts
         info = await eventually(lambda: (info := gw.server("odd"))["state"] == "failed" and info, what="failed")

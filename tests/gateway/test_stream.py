@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.sessions import ClientSession
+import pytest
+
+from gateway.sessions import DownstreamSession
 from gateway.stream import EventStream, sse_event
 from gateway.transport import PostChannel
+
+pytestmark = pytest.mark.fast
 
 
 def test_a_stream_keeps_at_most_its_limit_but_always_one_event() -> None:
@@ -39,10 +43,10 @@ def test_close_with_drop_ends_at_once() -> None:
 
 
 def test_a_get_stream_not_read_is_closed_and_reported_once() -> None:
-    overflows: list[ClientSession] = []
+    overflows: list[DownstreamSession] = []
 
     async def scenario() -> None:
-        session = ClientSession("id", None, "anonymous", "2025-11-25", stream_buffer=200)
+        session = DownstreamSession("id", None, "anonymous", "2025-11-25", stream_buffer=200)
         session.on_overflow = overflows.append
         stream = session.open_stream()
         note = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "x://y"}}
@@ -65,7 +69,7 @@ def test_a_post_reply_drops_notifications_that_do_not_fit_but_never_its_answer()
             await release.wait()  # the client does not read until told
 
     async def scenario() -> None:
-        session = ClientSession("id", None, "anonymous", "2025-11-25", stream_buffer=len(sse_event(_note(0))) * 3)
+        session = DownstreamSession("id", None, "anonymous", "2025-11-25", stream_buffer=len(sse_event(_note(0))) * 3)
         channel = PostChannel(session, send, json_ok=True, sse_ok=True, on_overflow=lambda: overflows.append(True))
         delivered = [channel.notify(_note(n)) for n in range(10)]
         assert delivered == [True] * 3 + [False] * 7

@@ -24,19 +24,11 @@ import pytest
 from mcp import ClientSession
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import (
-    PY,
-    Gateway,
-    Metrics,
-    Upstream,
-    demo_server,
-    initialize_error,
-    mcp_session,
-    scrape,
-    start_http_upstream,
-    wait_for,
-    while_sleeping,
-)
+from tests.support.mcp import initialize_error, mcp_session, while_sleeping
+from tests.support.metrics import Metrics, scrape
+from tests.support.paths import PY
+from tests.support.processes import Gateway, Upstream, demo_server, start_http_upstream
+from tests.support.waiting import eventually, wait_for
 from tests.telemetry.prometheus import Prometheus, run_prometheus
 
 pytestmark = pytest.mark.anyio
@@ -58,8 +50,8 @@ def identity(token: str) -> str:
 
 
 async def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """`wait_for` off the event loop, so clients' calls keep running while it polls."""
-    return await anyio.to_thread.run_sync(lambda: wait_for(condition, timeout, what))
+    """`eventually`, with each (blocking) check run off the event loop: clients' calls go on meanwhile."""
+    return await eventually(lambda: anyio.to_thread.run_sync(condition), timeout, what)
 
 
 async def whoami(session: ClientSession, aggregate: bool = False) -> str:
@@ -177,7 +169,7 @@ async def test_delete_evicts_every_session_and_closes_it_upstream(
                 assert entry["age_seconds"] >= entry["idle_seconds"] >= 0, entry
             assert TOKEN_A not in json.dumps(listed) and TOKEN_B not in json.dumps(listed)
 
-            deleted = httpx.delete(f"{gw.base}/servers/{REMOTE}/sessions", headers=gw.headers, timeout=30)
+            deleted = await anyio.to_thread.run_sync(lambda: gw.delete_sessions(REMOTE))
             assert deleted.status_code == 200, deleted.text
             assert deleted.json()["evicted"] == 2 and deleted.json()["sessions"] == []
             assert sessions(gw, REMOTE)["size"] == 0
@@ -380,12 +372,12 @@ def stopped(upstream: Upstream) -> Iterator[None]:
 
 async def _fail_a_health_check(gw: Gateway, upstream: Upstream, client: ClientSession, failures: int) -> None:
     """Let A's session sit idle past the interval, freeze the upstream, call: the ping fails."""
-    await until(
-        lambda: (
-            [s for s in sessions(gw, REMOTE)["sessions"] if s["identity"] == identity(TOKEN_A)][0]["idle_seconds"] > 0.5
-        ),
-        "A's session to be idle past health_check_interval",
-    )
+
+    def idle_past_the_interval() -> bool:
+        mine = next(s for s in sessions(gw, REMOTE)["sessions"] if s["identity"] == identity(TOKEN_A))
+        return bool(mine["idle_seconds"] > 0.5)
+
+    await until(idle_past_the_interval, "A's session to be idle past health_check_interval")
     async with anyio.create_task_group() as group:
         with stopped(upstream):
             group.start_soon(_call_through_a_freeze, client)

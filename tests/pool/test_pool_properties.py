@@ -13,17 +13,21 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from gateway.config import HttpServer, PoolConfig
 from gateway.errors import CircuitOpen, PoolExhausted, UpstreamClosed, UpstreamUnavailable
-from gateway.lifecycle import ServerRuntime
-from gateway.pool import Lease, SessionPool
+from gateway.events import EvictionReason
+from gateway.pool import PooledSession, SessionPool
 from gateway.protocol import Message
+from gateway.runtime import HttpRuntime
 from gateway.upstream.base import Pending, UpstreamSession
 from tests.pool.support import FakeClock, RecordingObserver
+
+pytestmark = pytest.mark.fast
 
 T = TypeVar("T")
 IDENTITIES = ("alice", "bob", "carol")
@@ -50,7 +54,7 @@ class FakeSession(UpstreamSession):
         self.closes += 1
 
 
-class FakeRuntime(ServerRuntime):
+class FakeRuntime(HttpRuntime):
     """A streamable-HTTP server whose sessions are `FakeSession`s, or that refuses new ones."""
 
     def __init__(self, pool: PoolConfig, observer: RecordingObserver, clock: FakeClock) -> None:
@@ -91,7 +95,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.config = PoolConfig()
         self.runtime = FakeRuntime(self.config, self.observer, self.clock)
         self.pool = SessionPool(self.observer, clock=self.clock)
-        self.held: list[tuple[str, Lease]] = []  # (identity, lease) of every acquire not yet released
+        self.held: list[tuple[str, PooledSession]] = []  # (identity, pooled) of every acquire not yet released
         self.attempts = 0
         self.acquired = 0
 
@@ -111,7 +115,7 @@ class PoolMachine(RuleBasedStateMachine):
         while tasks := [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _acquire(self, identity: str) -> Lease:
+    async def _acquire(self, identity: str) -> PooledSession:
         """One acquire; when it has to wait, time passes until it is served or gives up."""
         self.attempts += 1
         task = asyncio.ensure_future(self.pool.acquire(self.runtime, identity))
@@ -128,26 +132,26 @@ class PoolMachine(RuleBasedStateMachine):
     def key(self, identity: str) -> str:
         return "" if self.config.share_sessions else identity
 
-    def pooled(self) -> list[Lease]:
-        return self.pool.leases(self.runtime.id)
+    def pooled(self) -> list[PooledSession]:
+        return self.pool.pooled_sessions(self.runtime.id)
 
     def breaker(self) -> dict[str, Any]:
         return dict(self.pool.describe(self.runtime.id)["breaker"])
 
-    def holders(self, lease: Lease) -> list[str]:
-        return [identity for identity, held in self.held if held is lease]
+    def holders(self, pooled: PooledSession) -> list[str]:
+        return [identity for identity, held in self.held if held is pooled]
 
-    def acquire(self, identity: str) -> Lease | None:
+    def acquire(self, identity: str) -> PooledSession | None:
         """Acquire as the gateway does; check why it failed if it did. None when it failed."""
         failures, checks_failed = self.breaker()["consecutive_failures"], self.observer.health_check_failures
         misses = self.observer.misses
         try:
-            lease = self.loop.run_until_complete(self._acquire(identity))
+            pooled = self.loop.run_until_complete(self._acquire(identity))
         except PoolExhausted:
             # Nothing of the key had room, and no session could be added for it.
-            mine = [lease for lease in self.pooled() if lease.identity == self.key(identity)]
-            assert all(lease.in_use >= self.config.max_requests_per_session for lease in mine)
-            full = len(self.pooled()) >= self.config.max_sessions and all(not lease.idle for lease in self.pooled())
+            mine = [pooled for pooled in self.pooled() if pooled.identity == self.key(identity)]
+            assert all(pooled.in_use >= self.config.max_requests_per_session for pooled in mine)
+            full = len(self.pooled()) >= self.config.max_sessions and all(not pooled.idle for pooled in self.pooled())
             assert len(mine) >= self.config.max_sessions_per_key or full
             return None
         except CircuitOpen:
@@ -161,9 +165,9 @@ class PoolMachine(RuleBasedStateMachine):
         self.acquired += 1
         if self.observer.misses > misses:
             assert self.breaker() == {"state": "closed", "consecutive_failures": 0}  # a new session closes it
-        assert lease.identity == self.key(identity) and lease in self.pooled() and not lease.retiring
-        self.held.append((identity, lease))
-        return lease
+        assert pooled.identity == self.key(identity) and pooled in self.pooled() and not pooled.retiring
+        self.held.append((identity, pooled))
+        return pooled
 
     # -- rules -----------------------------------------------------------------------------------
 
@@ -184,9 +188,9 @@ class PoolMachine(RuleBasedStateMachine):
             return []
         if self.breaker()["state"] != "closed":
             return []
-        if len(pooled) >= config.max_sessions and not any(lease.idle for lease in pooled):
+        if len(pooled) >= config.max_sessions and not any(pooled.idle for pooled in pooled):
             return []
-        keys = {lease.identity for lease in pooled}
+        keys = {pooled.identity for pooled in pooled}
         return [identity for identity in IDENTITIES if self.key(identity) not in keys]
 
     @precondition(lambda self: self.unserved())
@@ -197,11 +201,11 @@ class PoolMachine(RuleBasedStateMachine):
         identity = candidates[which % len(candidates)]
         hits, misses, opened = self.observer.hits, self.observer.misses, len(self.runtime.opened)
 
-        async def both() -> list[Lease]:
+        async def both() -> list[PooledSession]:
             self.attempts += 2
-            leases = await asyncio.gather(*(self.pool.acquire(self.runtime, identity) for _ in range(2)))
+            keyed = await asyncio.gather(*(self.pool.acquire(self.runtime, identity) for _ in range(2)))
             await self._settle()
-            return list(leases)
+            return list(keyed)
 
         first, second = self.loop.run_until_complete(both())
         self.acquired += 2
@@ -213,24 +217,24 @@ class PoolMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.held)
     @rule(which=st.integers(0, 20), failed=st.booleans())
     def give_back(self, which: int, failed: bool) -> None:
-        identity, lease = self.held.pop(which % len(self.held))
-        self.run(lambda: self.pool.release(self.runtime, lease, identity=identity, failed=failed))
+        identity, pooled = self.held.pop(which % len(self.held))
+        self.run(lambda: self.pool.release(self.runtime, pooled, identity=identity, failed=failed))
         if failed:
-            assert lease not in self.pooled()
+            assert pooled not in self.pooled()
 
     @precondition(lambda self: self.held)
     @rule(which=st.integers(0, 20))
     def finish_a_request(self, which: int) -> None:
         """A request on a held session, released as `forward` releases it: failed if the call broke."""
-        identity, lease = self.held.pop(which % len(self.held))
+        identity, pooled = self.held.pop(which % len(self.held))
         broke = False
         try:
             ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-            self.loop.run_until_complete(lease.session.request(ping, timeout=1))
+            self.loop.run_until_complete(pooled.session.request(ping, timeout=1))
         except UpstreamClosed:
             broke = True
-        assert broke == (lease.session.closed or isinstance(lease.session, FakeSession) and lease.session.broken)
-        self.run(lambda: self.pool.release(self.runtime, lease, identity=identity, failed=broke))
+        assert broke == (pooled.session.closed or (isinstance(pooled.session, FakeSession) and pooled.session.broken))
+        self.run(lambda: self.pool.release(self.runtime, pooled, identity=identity, failed=broke))
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 6.0]))
     def time_passes(self, seconds: float) -> None:
@@ -240,7 +244,7 @@ class PoolMachine(RuleBasedStateMachine):
     @rule()
     def evict_everything(self) -> None:
         before = len(self.pooled())
-        evicted = self.loop.run_until_complete(self.pool.evict_server(self.runtime.id, "manual"))
+        evicted = self.loop.run_until_complete(self.pool.evict_server(self.runtime.id, EvictionReason.MANUAL))
         self.run(lambda: None)
         assert evicted == before and not self.pooled()
 
@@ -252,7 +256,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     @rule(which=st.integers(0, 20))
     def upstream_forgets_a_session(self, which: int) -> None:
-        live = [lease.session for lease in self.pooled() if not lease.session.closed]
+        live = [pooled.session for pooled in self.pooled() if not pooled.session.closed]
         if live:
             live[which % len(live)]._mark_closed("upstream_closed", "HTTP 404")
 
@@ -284,25 +288,25 @@ class PoolMachine(RuleBasedStateMachine):
     def describe_matches_who_holds_what(self) -> None:
         described = self.pool.describe(self.runtime.id)["sessions"]
         # Evicted sessions still running a request are listed after the pooled ones, until released.
-        retiring = list({id(lease): lease for _, lease in self.held if lease.retiring}.values())
-        pooled, listed_retiring = described[: len(self.pooled())], described[len(self.pooled()) :]
-        assert sorted(s["in_use"] for s in listed_retiring) == sorted(lease.in_use for lease in retiring)
+        retiring = list({id(pooled): pooled for _, pooled in self.held if pooled.retiring}.values())
+        listed, listed_retiring = described[: len(self.pooled())], described[len(self.pooled()) :]
+        assert sorted(s["in_use"] for s in listed_retiring) == sorted(pooled.in_use for pooled in retiring)
         assert all(s["state"] == "retiring" and s["in_use"] > 0 for s in listed_retiring)
-        for lease, session in zip(self.pooled(), pooled, strict=True):
-            holders = self.holders(lease)
-            assert lease.in_use == session["in_use"] == len(holders)
+        for pooled, session in zip(self.pooled(), listed, strict=True):
+            holders = self.holders(pooled)
+            assert pooled.in_use == session["in_use"] == len(holders)
             assert session["state"] == ("in_use" if holders else "idle")
-            assert session["identity"] == (lease.identity or "*")
-            assert all(self.key(identity) == lease.identity for identity in holders)  # never across identities
-            assert not lease.retiring
-        for _, lease in self.held:
-            assert lease.in_use == len(self.holders(lease))
+            assert session["identity"] == (pooled.identity or "*")
+            assert all(self.key(identity) == pooled.identity for identity in holders)  # never across identities
+            assert not pooled.retiring
+        for _, pooled in self.held:
+            assert pooled.in_use == len(self.holders(pooled))
 
     @invariant()
     def every_session_is_pooled_or_evicted_and_then_closed(self) -> None:
-        pooled = {id(lease.session) for lease in self.pooled()}
-        held = {id(lease.session) for _, lease in self.held}
-        assert len(pooled) == len(self.pooled())  # one lease per HTTP session
+        pooled = {id(pooled.session) for pooled in self.pooled()}
+        held = {id(pooled.session) for _, pooled in self.held}
+        assert len(pooled) == len(self.pooled())  # one pooled per HTTP session
         assert set(self.observer.evictions) <= REASONS
         assert len(self.runtime.opened) == len(pooled) + sum(self.observer.evictions.values())
         for session in self.runtime.opened:
@@ -316,7 +320,7 @@ class PoolMachine(RuleBasedStateMachine):
         try:
             self.loop.run_until_complete(self.pool.close())
             self.run(lambda: None)
-            held = {id(lease.session) for _, lease in self.held}
+            held = {id(pooled.session) for _, pooled in self.held}
             assert all(session.closed for session in self.runtime.opened if id(session) not in held)
         finally:
             self.loop.close()

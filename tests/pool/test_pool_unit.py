@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -27,11 +28,13 @@ import pytest
 
 from gateway.config import StdioServer, parse_config
 from gateway.errors import CircuitOpen, ErrorType, PoolExhausted, UpstreamClosed, UpstreamUnavailable
-from gateway.lifecycle import ServerRuntime
-from gateway.pool import Lease, SessionPool
+from gateway.events import EvictionReason
+from gateway.pool import PooledSession, SessionPool
+from gateway.runtime import ServerRuntime, build_runtime
 from gateway.upstream.http import HttpSession
-from tests.conftest import FAST_RESTART, Upstream, eventually, free_port, misbehaving_server, start_http_upstream
 from tests.pool.support import FakeClock, RecordingObserver
+from tests.support.processes import FAST_RESTART, Upstream, free_port, misbehaving_server, start_http_upstream
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -49,22 +52,22 @@ class Harness:
     def server_id(self) -> str:
         return self.runtime.id
 
-    callers: dict[int, list[str]] = field(default_factory=dict)  # who holds each lease, by id(lease)
+    callers: dict[int, list[str]] = field(default_factory=dict)  # who holds each pooled, by id(pooled)
 
-    async def acquire(self, identity: str) -> Lease:
-        lease = await self.pool.acquire(self.runtime, identity)
-        self.callers.setdefault(id(lease), []).append(identity)
-        return lease
+    async def acquire(self, identity: str) -> PooledSession:
+        pooled = await self.pool.acquire(self.runtime, identity)
+        self.callers.setdefault(id(pooled), []).append(identity)
+        return pooled
 
-    def release(self, lease: Lease, failed: bool = False) -> None:
-        identity = self.callers[id(lease)].pop()
-        self.pool.release(self.runtime, lease, identity=identity, failed=failed)
+    def release(self, pooled: PooledSession, failed: bool = False) -> None:
+        identity = self.callers[id(pooled)].pop()
+        self.pool.release(self.runtime, pooled, identity=identity, failed=failed)
 
-    async def touch(self, identity: str) -> Lease:
+    async def touch(self, identity: str) -> PooledSession:
         """Acquire and release at once: one request's worth of use."""
-        lease = await self.acquire(identity)
-        self.release(lease)
-        return lease
+        pooled = await self.acquire(identity)
+        self.release(pooled)
+        return pooled
 
     def describe(self) -> dict[str, Any]:
         return self.pool.describe(self.server_id)
@@ -74,12 +77,12 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def pooled(server: dict[str, Any], clock: Callable[[], float] | None = None) -> AsyncIterator[Harness]:
+async def harness(server: dict[str, Any], clock: Callable[[], float] | None = None) -> AsyncIterator[Harness]:
     """A pool with one server `srv` built from config, as the gateway builds it; closed afterwards."""
     config = parse_config({"servers": {"srv": server}}).servers["srv"]
     observer = RecordingObserver()
     clock = clock or FakeClock()
-    runtime = ServerRuntime("srv", config, observer, lambda *_: None, clock)
+    runtime = build_runtime("srv", config, observer, lambda *_: None, clock)
     pool = SessionPool(observer, clock=clock)
     pool.add(runtime)
     try:
@@ -98,29 +101,29 @@ def stdio(**pool: Any) -> dict[str, Any]:
     return misbehaving_server(restart=FAST_RESTART, pool={"health_check_interval": 0, **pool})
 
 
-async def call(lease: Lease, method: str, params: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+async def call(pooled: PooledSession, method: str, params: dict[str, Any] | None = None, timeout: float = 10) -> Any:
     message: dict[str, Any] = {"jsonrpc": "2.0", "id": "t", "method": method}
     if params is not None:
         message["params"] = params
-    response = await lease.session.request(message, timeout=timeout)
+    response = await pooled.session.request(message, timeout=timeout)
     assert "result" in response, response
     return response["result"]
 
 
-async def whoami(lease: Lease) -> dict[str, Any]:
+async def whoami(pooled: PooledSession) -> dict[str, Any]:
     """The upstream's view of the caller: its MCP session id and how often that session called."""
-    result = await call(lease, "tools/call", {"name": "whoami", "arguments": {}})
+    result = await call(pooled, "tools/call", {"name": "whoami", "arguments": {}})
     return dict(result.get("structuredContent") or json.loads(result["content"][0]["text"]))
 
 
-def http_session(lease: Lease) -> HttpSession:
-    assert isinstance(lease.session, HttpSession)
-    return lease.session
+def http_session(pooled: PooledSession) -> HttpSession:
+    assert isinstance(pooled.session, HttpSession)
+    return pooled.session
 
 
-async def upstream_forgot(upstream: Upstream, lease: Lease) -> bool:
+async def upstream_forgot(upstream: Upstream, pooled: PooledSession) -> bool:
     """Has the upstream ended this session (the gateway's DELETE arrived)? It then answers 404."""
-    session = http_session(lease)
+    session = http_session(pooled)
     assert session.session_id
     headers = {
         "Accept": "application/json, text/event-stream",
@@ -134,11 +137,11 @@ async def upstream_forgot(upstream: Upstream, lease: Lease) -> bool:
     return response.status_code == 404
 
 
-async def assert_ended(upstream: Upstream, *leases: Lease) -> None:
+async def assert_ended(upstream: Upstream, *keyed: PooledSession) -> None:
     """Every one of these evicted sessions is closed by the gateway, and its upstream saw the DELETE."""
-    for lease in leases:
-        await eventually(lambda lease=lease: lease.session.closed, what="the evicted session to close")
-        assert await upstream_forgot(upstream, lease), "the upstream never saw the DELETE"
+    for pooled in keyed:
+        await eventually(functools.partial(_closed, pooled), what="the evicted session to close")
+        assert await upstream_forgot(upstream, pooled), "the upstream never saw the DELETE"
 
 
 async def exhaust(harness: Harness, identity: str) -> PoolExhausted:
@@ -159,9 +162,13 @@ async def exhaust(harness: Harness, identity: str) -> PoolExhausted:
     return error
 
 
+def _closed(pooled: PooledSession) -> bool:
+    return pooled.session.closed
+
+
 def process_gone(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
@@ -171,7 +178,7 @@ def process_gone(pid: int) -> bool:
 
 async def test_first_use_misses_then_the_session_is_reused(http_upstream: Upstream) -> None:
     clock = FakeClock()
-    async with pooled(http(http_upstream), clock) as h:
+    async with harness(http(http_upstream), clock) as h:
         first = await h.acquire("alice")
         assert h.counts() == (0, 1)
         assert h.pool.occupancy() == [("srv", 1, 1, 0)]
@@ -202,7 +209,7 @@ async def test_first_use_misses_then_the_session_is_reused(http_upstream: Upstre
 
 
 async def test_each_identity_gets_a_session_of_its_own(http_upstream: Upstream) -> None:
-    async with pooled(http(http_upstream)) as h:
+    async with harness(http(http_upstream)) as h:
         alice = await h.acquire("alice")
         bob = await h.acquire("bob")
         assert alice is not bob and alice.session is not bob.session
@@ -218,22 +225,22 @@ async def test_each_identity_gets_a_session_of_its_own(http_upstream: Upstream) 
 
 
 async def test_concurrent_requests_of_one_identity_share_one_session(http_upstream: Upstream) -> None:
-    async with pooled(http(http_upstream)) as h:
-        leases = await asyncio.gather(*(h.acquire("alice") for _ in range(3)))
-        assert all(lease is leases[0] for lease in leases) and leases[0].in_use == 3
+    async with harness(http(http_upstream)) as h:
+        keyed = await asyncio.gather(*(h.acquire("alice") for _ in range(3)))
+        assert all(pooled is keyed[0] for pooled in keyed) and keyed[0].in_use == 3
         assert h.counts() == (2, 1)  # concurrent misses share one creation
         assert h.pool.occupancy() == [("srv", 1, 1, 0)]
-        answers = await asyncio.gather(*(whoami(lease) for lease in leases))  # multiplexed on one session
-        assert {a["session_id"] for a in answers} == {http_session(leases[0]).session_id}
+        answers = await asyncio.gather(*(whoami(pooled) for pooled in keyed))  # multiplexed on one session
+        assert {a["session_id"] for a in answers} == {http_session(keyed[0]).session_id}
         assert sorted(a["calls"] for a in answers) == [1, 2, 3]
-        for lease in leases:
-            h.release(lease)
-        assert leases[0].in_use == 0 and h.runtime.in_flight == 0
+        for pooled in keyed:
+            h.release(pooled)
+        assert keyed[0].in_use == 0 and h.runtime.in_flight == 0
         assert h.describe()["sessions"][0]["state"] == "idle"
 
 
 async def test_share_sessions_gives_every_caller_one_session(http_upstream: Upstream) -> None:
-    async with pooled(http(http_upstream, share_sessions=True)) as h:
+    async with harness(http(http_upstream, share_sessions=True)) as h:
         alice = await h.acquire("alice")
         bob = await h.acquire("bob")
         assert alice is bob and alice.in_use == 2
@@ -244,7 +251,7 @@ async def test_share_sessions_gives_every_caller_one_session(http_upstream: Upst
 
 
 async def test_a_stdio_server_is_one_session_for_every_caller() -> None:
-    async with pooled(stdio()) as h:
+    async with harness(stdio()) as h:
         alice = await h.acquire("alice")
         bob = await h.acquire("bob")
         assert alice is bob and alice.session.pid == h.runtime.pid is not None
@@ -256,7 +263,7 @@ async def test_a_stdio_server_is_one_session_for_every_caller() -> None:
 
 async def test_a_busy_stdio_session_is_waited_for_not_oversubscribed() -> None:
     # Its process is the only session there can be: at max_requests_per_session, callers wait.
-    async with pooled(stdio(max_requests_per_session=1, acquire_timeout=0.05)) as h:
+    async with harness(stdio(max_requests_per_session=1, acquire_timeout=0.05)) as h:
         held = await h.acquire("alice")
         await exhaust(h, "bob")
         assert held.in_use == 1 and h.counts() == (0, 1)
@@ -274,7 +281,7 @@ async def test_a_busy_stdio_session_is_waited_for_not_oversubscribed() -> None:
 
 async def test_sessions_past_their_ttl_are_evicted_by_the_sweep_and_on_acquire(http_upstream: Upstream) -> None:
     clock = FakeClock()
-    async with pooled(http(http_upstream, ttl=10, idle_ttl=0), clock) as h:
+    async with harness(http(http_upstream, ttl=10, idle_ttl=0), clock) as h:
         alice, bob = await h.touch("alice"), await h.touch("bob")
         clock.advance(10)
         h.pool.sweep()  # exactly at the TTL: not yet past it
@@ -305,7 +312,7 @@ async def test_sessions_past_their_ttl_are_evicted_by_the_sweep_and_on_acquire(h
 
 async def test_sessions_idle_past_idle_ttl_are_evicted_by_the_sweep_and_on_acquire(http_upstream: Upstream) -> None:
     clock = FakeClock()
-    async with pooled(http(http_upstream, idle_ttl=5), clock) as h:
+    async with harness(http(http_upstream, idle_ttl=5), clock) as h:
         alice = await h.touch("alice")
         clock.advance(3)
         bob = await h.touch("bob")
@@ -335,16 +342,16 @@ async def test_sessions_idle_past_idle_ttl_are_evicted_by_the_sweep_and_on_acqui
 
 
 async def test_ttl_in_real_time(http_upstream: Upstream) -> None:
-    async with pooled(http(http_upstream, ttl=0.2, idle_ttl=0), clock=time.monotonic) as h:
-        lease = await h.touch("alice")
+    async with harness(http(http_upstream, ttl=0.2, idle_ttl=0), clock=time.monotonic) as h:
+        pooled = await h.touch("alice")
 
         def swept() -> bool:
             h.pool.sweep()
-            return not h.pool.leases("srv")
+            return not h.pool.pooled_sessions("srv")
 
         await eventually(swept, what="the session to outlive its TTL")
         assert h.observer.evictions == {"ttl_expired": 1}
-        await assert_ended(http_upstream, lease)
+        await assert_ended(http_upstream, pooled)
         assert h.counts() == (0, 1)
 
 
@@ -353,7 +360,7 @@ async def test_ttl_in_real_time(http_upstream: Upstream) -> None:
 
 async def test_a_stdio_server_that_stops_answering_ping_is_stopped_and_replaced() -> None:
     clock = FakeClock()
-    async with pooled(stdio(health_check_interval=5, health_check_timeout=1), clock) as h:
+    async with harness(stdio(health_check_interval=5, health_check_timeout=1), clock) as h:
         first = await h.touch("alice")
         pid = first.session.pid
         assert pid is not None
@@ -383,7 +390,7 @@ async def test_a_stdio_server_that_stops_answering_ping_is_stopped_and_replaced(
 async def test_a_frozen_http_upstream_fails_its_health_check(http_upstream: Upstream) -> None:
     clock = FakeClock()
     pool = {"health_check_interval": 5, "health_check_timeout": 0.3}
-    async with pooled({**http(http_upstream, **pool), "start_timeout": 0.5}, clock) as h:
+    async with harness({**http(http_upstream, **pool), "start_timeout": 0.5}, clock) as h:
         frozen = await h.touch("alice")
         clock.advance(6)
         os.kill(http_upstream.proc.pid, signal.SIGSTOP)
@@ -419,7 +426,7 @@ async def test_the_breaker_opens_fails_fast_and_lets_one_probe_through(tmp_path:
     def spawned() -> int:
         return len(starts.read_text()) if starts.exists() else 0
 
-    async with pooled(failing, clock) as h:
+    async with harness(failing, clock) as h:
         for attempt in range(1, 4):
             with pytest.raises(UpstreamUnavailable) as failed:
                 await h.acquire(f"caller-{attempt}")
@@ -447,11 +454,11 @@ async def test_the_breaker_opens_fails_fast_and_lets_one_probe_through(tmp_path:
         working = StdioServer(**misbehaving_server(pool=failing["pool"]))
         h.runtime.config = working
         clock.advance(30)
-        lease = await h.acquire("caller-7")
-        assert (await call(lease, "ping")) == {}
+        pooled = await h.acquire("caller-7")
+        assert (await call(pooled, "ping")) == {}
         assert h.describe()["breaker"] == {"state": "closed", "consecutive_failures": 0}
         assert h.pool.occupancy() == [("srv", 1, 1, 0)]
-        h.release(lease)
+        h.release(pooled)
         assert spawned() == 4
         assert h.counts() == (0, 1) and h.observer.acquires == 7
         assert not h.observer.evictions
@@ -463,7 +470,7 @@ async def test_an_http_breaker_evicts_idle_sessions_and_closes_on_a_successful_p
     url = f"http://127.0.0.1:{port}/mcp"
     upstream = start_http_upstream("--port", str(port))
     try:
-        async with pooled(http(url, failure_threshold=3, cooldown=30), clock) as h:
+        async with harness(http(url, failure_threshold=3, cooldown=30), clock) as h:
             idle = await h.touch("xavier")
             upstream.stop()
             for caller in ("yann", "zoe", "walt"):
@@ -504,7 +511,7 @@ async def test_a_caller_refused_by_the_breaker_evicts_no_one_for_room() -> None:
     url = f"http://127.0.0.1:{port}/mcp"
     upstream = start_http_upstream("--port", str(port))
     try:
-        async with pooled(http(url, max_sessions=2, failure_threshold=1, cooldown=30), clock) as h:
+        async with harness(http(url, max_sessions=2, failure_threshold=1, cooldown=30), clock) as h:
             alice = await h.acquire("alice")  # busy while the breaker opens, so it stays pooled
             upstream.stop()
             with pytest.raises(UpstreamUnavailable):
@@ -534,7 +541,7 @@ async def test_a_caller_refused_by_the_breaker_evicts_no_one_for_room() -> None:
 
 async def test_at_max_sessions_the_least_recently_used_idle_session_makes_room(http_upstream: Upstream) -> None:
     clock = FakeClock()
-    async with pooled(http(http_upstream, max_sessions=2, acquire_timeout=0.05), clock) as h:
+    async with harness(http(http_upstream, max_sessions=2, acquire_timeout=0.05), clock) as h:
         alice = await h.touch("alice")
         clock.advance(1)
         bob = await h.touch("bob")
@@ -560,7 +567,7 @@ async def test_at_max_sessions_the_least_recently_used_idle_session_makes_room(h
 
 async def test_acquire_waits_for_a_busy_session_then_gives_up(http_upstream: Upstream) -> None:
     one_at_a_time = {"max_sessions_per_key": 1, "max_requests_per_session": 1, "acquire_timeout": 0.05}
-    async with pooled(http(http_upstream, **one_at_a_time)) as h:
+    async with harness(http(http_upstream, **one_at_a_time)) as h:
         held = await h.acquire("alice")
         error = await exhaust(h, "alice")
         assert "all busy" in error.message
@@ -579,10 +586,10 @@ async def test_acquire_waits_for_a_busy_session_then_gives_up(http_upstream: Ups
 
 
 async def test_manual_eviction_closes_idle_sessions_now_and_busy_ones_when_done(http_upstream: Upstream) -> None:
-    async with pooled(http(http_upstream)) as h:
+    async with harness(http(http_upstream)) as h:
         idle = await h.touch("alice")
         busy = await h.acquire("bob")
-        assert await h.pool.evict_server("srv", "manual") == 2
+        assert await h.pool.evict_server("srv", EvictionReason.MANUAL) == 2
         assert h.observer.evictions == {"manual": 2}
         assert idle.session.closed and not busy.session.closed
         assert busy.retiring and h.describe()["size"] == 0
@@ -600,37 +607,37 @@ async def test_manual_eviction_closes_idle_sessions_now_and_busy_ones_when_done(
 
 
 async def test_a_retiring_session_whose_last_request_failed_is_still_closed(http_upstream: Upstream) -> None:
-    async with pooled(http(http_upstream)) as h:
+    async with harness(http(http_upstream)) as h:
         busy = await h.acquire("alice")
-        await h.pool.evict_server("srv", "manual")
+        await h.pool.evict_server("srv", EvictionReason.MANUAL)
         h.release(busy, failed=True)
         await assert_ended(http_upstream, busy)
         assert h.observer.evictions == {"manual": 1}
 
 
 async def test_a_busy_stdio_server_evicted_by_hand_is_not_stopped_under_its_next_caller() -> None:
-    async with pooled(stdio()) as h:
+    async with harness(stdio()) as h:
         busy = await h.acquire("alice")
-        await h.pool.evict_server("srv", "manual")
+        await h.pool.evict_server("srv", EvictionReason.MANUAL)
         assert busy.retiring and not busy.session.closed
         again = await h.acquire("bob")  # the process is still running: pooled again
         h.release(busy)
         assert (await call(again, "ping")) == {}
-        assert not again.session.closed and again in h.pool.leases("srv")
+        assert not again.session.closed and again in h.pool.pooled_sessions("srv")
         assert h.observer.evictions == {"manual": 1} and not h.observer.stops
         h.release(again)
 
 
 async def test_a_killed_stdio_server_is_evicted_as_upstream_closed() -> None:
-    async with pooled(stdio()) as h:
-        lease = await h.touch("alice")
-        pid = lease.session.pid
+    async with harness(stdio()) as h:
+        pooled = await h.touch("alice")
+        pid = pooled.session.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        await eventually(lambda: not h.pool.leases("srv"), what="the dead process to leave the pool")
+        await eventually(lambda: not h.pool.pooled_sessions("srv"), what="the dead process to leave the pool")
         assert h.observer.evictions == {"upstream_closed": 1}
         assert ("srv", "crash") in h.observer.stops
-        assert lease.session.closed
+        assert pooled.session.closed
         fresh = await h.acquire("alice")
         assert fresh.session.pid not in (None, pid)
         assert (await call(fresh, "ping")) == {}
@@ -641,25 +648,25 @@ async def test_a_killed_stdio_server_is_evicted_as_upstream_closed() -> None:
 async def test_a_dead_http_upstream_is_evicted_when_a_call_on_it_fails() -> None:
     upstream = start_http_upstream()
     try:
-        async with pooled(http(upstream)) as h:
-            lease = await h.touch("alice")
+        async with harness(http(upstream)) as h:
+            pooled = await h.touch("alice")
             upstream.stop()
             again = await h.acquire("alice")  # the pool cannot know yet
-            assert again is lease
+            assert again is pooled
             with pytest.raises(UpstreamClosed):
                 await call(again, "ping")
             h.release(again, failed=True)
             assert h.observer.evictions == {"upstream_closed": 1}
-            await eventually(lambda: lease.session.closed, what="the broken session to close")
+            await eventually(lambda: pooled.session.closed, what="the broken session to close")
             assert h.describe()["size"] == 0 and h.counts() == (1, 1)
     finally:
         upstream.stop()
 
 
 async def test_a_session_the_upstream_forgot_is_evicted_as_upstream_closed(http_upstream: Upstream) -> None:
-    async with pooled(http(http_upstream)) as h:
-        lease = await h.touch("alice")
-        session = http_session(lease)
+    async with harness(http(http_upstream)) as h:
+        pooled = await h.touch("alice")
+        session = http_session(pooled)
         headers = {
             "Accept": "application/json, text/event-stream",
             "Mcp-Session-Id": str(session.session_id),
@@ -674,6 +681,6 @@ async def test_a_session_the_upstream_forgot_is_evicted_as_upstream_closed(http_
         h.release(again)  # a release that reports no failure still discards a closed session
         assert h.observer.evictions == {"upstream_closed": 1}
         fresh = await h.acquire("alice")
-        assert fresh is not lease and (await whoami(fresh))["calls"] == 1
+        assert fresh is not pooled and (await whoami(fresh))["calls"] == 1
         h.release(fresh)
         assert h.counts() == (1, 2)

@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import demo_server
+from tests.support.processes import demo_server
 
 
 def _ignored(pid: int) -> set[int]:

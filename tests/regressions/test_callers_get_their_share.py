@@ -15,7 +15,10 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from tests.conftest import Gateway, eventually, misbehaving_server, rpc, scrape
+from tests.support.mcp import rpc
+from tests.support.metrics import scrape
+from tests.support.processes import Gateway, misbehaving_server
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

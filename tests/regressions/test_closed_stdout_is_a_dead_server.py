@@ -16,7 +16,9 @@ import psutil
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import mcp_session, misbehaving_server, wait_for
+from tests.support.mcp import mcp_session
+from tests.support.processes import misbehaving_server
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -30,11 +32,11 @@ async def test_closed_stdout_fails_the_call_and_restarts_the_server(gateway_fact
         with anyio.fail_after(60), pytest.raises(MCPError) as failed:  # far below the request timeout
             await session.call_tool("mute", {})
         assert "closed its stdout but kept running" in str(failed.value)
-        wait_for(
+        await eventually(
             lambda: not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == "zombie",
             what="the muted server to be killed",
         )
-        server = wait_for(
+        server = await eventually(
             lambda: (s := gw.server("odd"))["state"] == "running" and s["pid"] != first_pid and s, what="a restart"
         )
         assert server["last_exit_reason"] == "crash"

@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Gateway, demo_server, misbehaving_server, raw_initialize, rpc, scrape
+from tests.support.mcp import raw_initialize, rpc
+from tests.support.metrics import scrape
+from tests.support.processes import Gateway, demo_server, misbehaving_server
 
 WAIT = {"limits": {"cold_start_wait": 0.5}}
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import demo_server, raw_initialize, rpc
+from tests.support.mcp import raw_initialize, rpc
+from tests.support.processes import demo_server
 
 
 @pytest.mark.parametrize("ref", ["x", ["ref/prompt"], 7, None])

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PY, REPO, demo_server, free_port
+from tests.support.paths import PY, REPO
+from tests.support.processes import demo_server, free_port
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from telemetry.catalog import ERROR_TYPES, EVICTION_REASONS, OMISSION_REASONS, REJECTION_REASONS, STOP_REASONS
-from tests.conftest import demo_server, scrape
+from tests.support.metrics import scrape
+from tests.support.processes import demo_server
 
 
 def test_a_fresh_gateway_exports_its_known_series_at_zero(gateway_factory: Any) -> None:

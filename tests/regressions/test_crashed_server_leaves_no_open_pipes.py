@@ -7,13 +7,15 @@ closed them. A crash-looping server leaked two descriptors per crash until the g
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from typing import Any
 
 import pytest
 
-from tests.conftest import misbehaving_server, wait_for
+from tests.support.processes import misbehaving_server
+from tests.support.waiting import wait_for
 
 CRASHES = 10
 
@@ -28,13 +30,13 @@ def test_a_crash_loop_leaks_no_descriptors(gateway_factory: Any, loop: str) -> N
 
     def restarted(after: int) -> bool:
         server = gw.server("odd")
-        return server["state"] == "running" and server["pid"] != after
+        return bool(server["state"] == "running" and server["pid"] != after)
 
     before = descriptors()
     for _ in range(CRASHES):
         pid = gw.server("odd")["pid"]
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda pid=pid: restarted(pid), what="the server to be restarted")
+        wait_for(functools.partial(restarted, pid), what="the server to be restarted")
     assert gw.server("odd")["restarts"] == CRASHES
     # Closing happens on the event loop just after the restart is visible: wait for it to settle.
     wait_for(lambda: descriptors() <= before, what=f"the gateway back to {before} open descriptors")

@@ -14,7 +14,8 @@ import pytest
 
 from gateway.config import StdioServer
 from gateway.upstream.stdio import StdioSession
-from tests.conftest import demo_with_helper, eventually
+from tests.support.processes import demo_with_helper
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

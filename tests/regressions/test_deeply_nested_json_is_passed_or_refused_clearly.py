@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.conftest import Gateway, misbehaving_server, raw_initialize, rpc
+from tests.support.mcp import raw_initialize, rpc
+from tests.support.processes import Gateway, misbehaving_server
 
 
 def _nested(depth: int) -> Any:

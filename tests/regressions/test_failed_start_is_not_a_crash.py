@@ -12,8 +12,8 @@ import pytest
 from gateway.config import RestartPolicy, StdioServer
 from gateway.errors import UpstreamUnavailable
 from gateway.events import NullObserver
-from gateway.lifecycle import ServerRuntime, ServerState
-from tests.conftest import PY
+from gateway.runtime import ServerState, build_runtime
+from tests.support.paths import PY
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +24,7 @@ async def test_each_failed_start_counts_once_and_schedules_nothing() -> None:
         args=["-c", "import sys; sys.exit(1)"],
         restart=RestartPolicy(max_attempts=2, backoff_initial=0.05),
     )
-    runtime = ServerRuntime("dud", config, NullObserver(), lambda *_: None)
+    runtime = build_runtime("dud", config, NullObserver(), lambda *_: None)
     reasons = []
     try:
         for _ in range(4):

@@ -15,7 +15,9 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import Upstream, mcp_session, scrape
+from tests.support.mcp import mcp_session
+from tests.support.metrics import scrape
+from tests.support.processes import Upstream
 
 pytestmark = pytest.mark.anyio
 

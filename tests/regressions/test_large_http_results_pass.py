@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.conftest import Upstream, mcp_session, start_http_upstream
+from tests.support.mcp import mcp_session
+from tests.support.processes import Upstream, start_http_upstream
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, Upstream, misbehaving_server, raw_initialize, rpc
+from tests.support.mcp import raw_initialize, rpc
+from tests.support.processes import Gateway, Upstream, misbehaving_server
 
 ID_AS_LIST = '{"jsonrpc":"2.0","id":[5],"result":{}}'
 PROGRESS_AS_LIST = '{"jsonrpc":"2.0","method":"notifications/progress","params":[1,2]}'

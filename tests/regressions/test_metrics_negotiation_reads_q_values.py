@@ -13,7 +13,8 @@ import pytest
 
 from gateway.headers import accepts_encoding, media_quality, qualities
 from gateway.observability import negotiate_exposition
-from tests.conftest import demo_server, raw_initialize, rpc
+from tests.support.mcp import raw_initialize, rpc
+from tests.support.processes import demo_server
 
 PROMETHEUS = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"

@@ -14,16 +14,10 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from tests.conftest import (
-    Gateway,
-    Upstream,
-    raw_initialize,
-    rpc,
-    scrape,
-    start_http_upstream,
-    wait_for,
-    while_sleeping,
-)
+from tests.support.mcp import raw_initialize, rpc, while_sleeping
+from tests.support.metrics import scrape
+from tests.support.processes import Gateway, Upstream, start_http_upstream
+from tests.support.waiting import eventually, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -64,7 +58,7 @@ async def test_notification_while_every_session_is_busy_is_accepted_at_once(
     session_id = raw_initialize(gw, "/servers/remote/mcp")
 
     async def notify() -> None:
-        await anyio.to_thread.run_sync(lambda: wait_for(lambda: _pooled(gw)[0]["in_use"] == 1))
+        await eventually(lambda: anyio.to_thread.run_sync(lambda: _pooled(gw)[0]["in_use"] == 1))
         response = await anyio.to_thread.run_sync(lambda: rpc(gw, "/servers/remote/mcp", LIST_CHANGED, session_id))
         assert response.status_code == 202, response.text
         assert _pooled(gw)[0]["in_use"] == 1  # answered while the call still holds the only session

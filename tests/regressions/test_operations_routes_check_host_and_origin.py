@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, demo_server, error_message, scrape
+from tests.support.mcp import error_message
+from tests.support.metrics import scrape
+from tests.support.processes import Gateway, demo_server
 
 EVIL_ORIGIN = {"Origin": "https://evil.example"}
 EVIL_HOST = {"Host": "evil.example"}

@@ -14,7 +14,8 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import Upstream, initialize_error, mcp_session
+from tests.support.mcp import initialize_error, mcp_session
+from tests.support.processes import Upstream
 
 pytestmark = pytest.mark.anyio
 

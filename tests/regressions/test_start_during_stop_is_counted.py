@@ -12,7 +12,10 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.conftest import mcp_session, misbehaving_server, scrape, wait_for
+from tests.support.mcp import mcp_session
+from tests.support.metrics import scrape
+from tests.support.processes import misbehaving_server
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +25,7 @@ async def test_a_call_during_an_idle_stop_waits_and_both_events_are_counted(gate
     stubborn = misbehaving_server(lazy=False, idle_timeout=0.2, env={"MISBEHAVING_STUBBORN": "1"})
     gw = gateway_factory({"odd": stubborn})
     first_pid = gw.server("odd")["pid"]
-    wait_for(lambda: gw.server("odd")["state"] == "stopping", what="the idle stop to begin")
+    await eventually(lambda: gw.server("odd")["state"] == "stopping", what="the idle stop to begin")
     async with mcp_session(gw.url("odd")) as session:
         with anyio.fail_after(60):
             echoed = await session.call_tool("echo", {"text": "after the stop"})

@@ -15,8 +15,9 @@ import pytest
 
 from gateway.config import StdioServer
 from gateway.events import NullObserver, StopReason
-from gateway.lifecycle import ServerRuntime, ServerState
-from tests.conftest import eventually, misbehaving_server
+from gateway.runtime import ServerState, build_runtime
+from tests.support.processes import misbehaving_server
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.anyio
 async def test_shutdown_during_a_cancelled_idle_stop_stops_the_server() -> None:
     # Stubborn: ignores SIGTERM and the end of stdin, so stopping it takes the whole close sequence.
     config = StdioServer(**misbehaving_server(env={"MISBEHAVING_STUBBORN": "1"}))
-    runtime = ServerRuntime("odd", config, NullObserver(), lambda *_: None)
+    runtime = build_runtime("odd", config, NullObserver(), lambda *_: None)
     await runtime.open_session()
     assert runtime.pid is not None
     process = psutil.Process(runtime.pid)

@@ -12,7 +12,9 @@ from typing import Any
 
 import psutil
 
-from tests.conftest import Gateway, misbehaving_server, raw_initialize, rpc, scrape
+from tests.support.mcp import raw_initialize, rpc
+from tests.support.metrics import scrape
+from tests.support.processes import Gateway, misbehaving_server
 
 BUFFER = 64 * 1024
 FLOOD = {"count": 40_000, "size": 1000}  # 40 MB of notifications: far past every socket buffer

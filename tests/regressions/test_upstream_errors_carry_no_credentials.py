@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Upstream, free_port, initialize_error
+from tests.support.mcp import initialize_error
+from tests.support.processes import Upstream, free_port
 
 SECRET = "s3cr3t-token-value"
 HEADERS = {"Authorization": f"Bearer {SECRET}", "X-Api-Key": SECRET}

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, Upstream, misbehaving_server, raw_initialize, rpc
+from tests.support.mcp import raw_initialize, rpc
+from tests.support.processes import Gateway, Upstream, misbehaving_server
 
 LIMIT = 1024 * 1024
 LIMITS = {"limits": {"max_upstream_message_bytes": LIMIT}}

@@ -113,63 +113,97 @@ def _text_result(text: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}], "isError": False}
 
 
+def _echo(request_id: Any, arguments: dict[str, Any]) -> None:
+    _result(request_id, _text_result(str(arguments.get("text", ""))))
+
+
+def _garbage(request_id: Any, arguments: dict[str, Any]) -> None:
+    _write_line(GARBAGE_LINE)
+    _result(request_id, _text_result("garbage sent"))
+
+
+def _crash(request_id: Any, arguments: dict[str, Any]) -> None:
+    sys.stdout.flush()
+    # What a dying process leaves on stderr (a traceback, say), its last line last.
+    sys.stderr.write("".join(f"  frame {n}\n" for n in range(2000)) + f"last words of pid {os.getpid()}\n")
+    sys.stderr.flush()
+    os._exit(CRASH_EXIT_CODE)
+
+
+def _hang(request_id: Any, arguments: dict[str, Any]) -> None:
+    HUNG.append(request_id)
+
+
+def _announce(request_id: Any, arguments: dict[str, Any]) -> None:
+    _send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+    _result(request_id, _text_result("announced"))
+
+
+def _mute(request_id: Any, arguments: dict[str, Any]) -> None:
+    sys.stdout.flush()
+    os.close(sys.stdout.fileno())
+    time.sleep(600)
+
+
+def _env(request_id: Any, arguments: dict[str, Any]) -> None:
+    _result(request_id, _text_result(json.dumps(dict(os.environ), sort_keys=True)))
+
+
+def _cancelled(request_id: Any, arguments: dict[str, Any]) -> None:
+    _result(request_id, _text_result(json.dumps({"hung": HUNG, "cancelled": CANCELLED})))
+
+
+def _deafen(request_id: Any, arguments: dict[str, Any]) -> None:
+    global DEAF
+    DEAF = True
+    _result(request_id, _text_result("deaf to ping from now on"))
+
+
+def _replay(request_id: Any, arguments: dict[str, Any]) -> None:
+    for line in arguments.get("lines") or []:
+        sys.stdout.write(str(line).replace("$ID", json.dumps(request_id)) + "\n")
+    sys.stdout.flush()
+    if arguments.get("answer", True):
+        _result(request_id, _text_result("replayed"))
+
+
+def _big(request_id: Any, arguments: dict[str, Any]) -> None:
+    _result(request_id, _text_result("x" * int(arguments.get("size", 0))))
+
+
+def _flood(request_id: Any, arguments: dict[str, Any]) -> None:
+    padding = "p" * int(arguments.get("size", 0))
+    for n in range(int(arguments.get("count", 0))):
+        params = {"uri": f"flood://{n}", "padding": padding}
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": params}))
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    _result(request_id, _text_result("flooded"))
+
+
+_TOOLS = {
+    "echo": _echo,
+    "garbage": _garbage,
+    "crash": _crash,
+    "hang": _hang,
+    "announce": _announce,
+    "mute": _mute,
+    "env": _env,
+    "cancelled": _cancelled,
+    "deafen": _deafen,
+    "replay": _replay,
+    "big": _big,
+    "flood": _flood,
+}
+
+
 def _call_tool(request_id: Any, params: dict[str, Any]) -> None:
     name = params.get("name")
-    arguments = params.get("arguments") or {}
-    if name == "echo":
-        _result(request_id, _text_result(str(arguments.get("text", ""))))
-    elif name == "garbage":
-        _write_line(GARBAGE_LINE)
-        _result(request_id, _text_result("garbage sent"))
-    elif name == "crash":
-        sys.stdout.flush()
-        # What a dying process leaves on stderr (a traceback, say), its last line last.
-        sys.stderr.write("".join(f"  frame {n}\n" for n in range(2000)) + f"last words of pid {os.getpid()}\n")
-        sys.stderr.flush()
-        os._exit(CRASH_EXIT_CODE)
-    elif name == "hang":
-        HUNG.append(request_id)
-    elif name == "announce":
-        _send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
-        _result(request_id, _text_result("announced"))
-    elif name == "mute":
-        sys.stdout.flush()
-        os.close(sys.stdout.fileno())
-        time.sleep(600)
-    elif name == "env":
-        _result(request_id, _text_result(json.dumps(dict(os.environ), sort_keys=True)))
-    elif name == "cancelled":
-        _result(request_id, _text_result(json.dumps({"hung": HUNG, "cancelled": CANCELLED})))
-    elif name == "deafen":
-        global DEAF
-        DEAF = True
-        _result(request_id, _text_result("deaf to ping from now on"))
-    elif name == "replay":
-        for line in arguments.get("lines") or []:
-            sys.stdout.write(str(line).replace("$ID", json.dumps(request_id)) + "\n")
-        sys.stdout.flush()
-        if arguments.get("answer", True):
-            _result(request_id, _text_result("replayed"))
-    elif name == "big":
-        _result(request_id, _text_result("x" * int(arguments.get("size", 0))))
-    elif name == "flood":
-        padding = "p" * int(arguments.get("size", 0))
-        for n in range(int(arguments.get("count", 0))):
-            uri = f"flood://{n}"
-            sys.stdout.write(
-                json.dumps(
-                    {
-                        "jsonrpc": "2.0",
-                        "method": "notifications/resources/updated",
-                        "params": {"uri": uri, "padding": padding},
-                    }
-                )
-                + "\n"
-            )
-        sys.stdout.flush()
-        _result(request_id, _text_result("flooded"))
-    else:
+    tool = _TOOLS.get(name) if isinstance(name, str) else None
+    if tool is None:
         _error(request_id, INVALID_PARAMS, f"Unknown tool: {name}")
+        return
+    tool(request_id, params.get("arguments") or {})
 
 
 def _handle(message: dict[str, Any]) -> None:

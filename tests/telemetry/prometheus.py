@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.conftest import free_port, wait_for
+from tests.support.processes import free_port
+from tests.support.waiting import wait_for
 
 MISSING = "{} is not on PATH: run `make test` (scripts/install-tools.sh installs Debian's prometheus package)"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -14,9 +13,11 @@ import pytest
 from gateway.events import RequestRecord
 from telemetry.exposition import render
 from telemetry.provider import build_pipeline
-from telemetry.recorder import PoolSample, Recorder, ServerSample
+from telemetry.recorder import Recorder
 from telemetry.settings import TelemetrySettings
-from tests.conftest import Metrics, demo_server, misbehaving_server, parse_metrics, raw_initialize, scrape
+from tests.support.mcp import raw_initialize
+from tests.support.metrics import Metrics, parse_metrics, scrape
+from tests.support.processes import demo_server, misbehaving_server
 
 pytestmark = pytest.mark.anyio
 
@@ -105,11 +106,31 @@ def test_prompts_past_the_cardinality_limit_fold_into_other() -> None:
     """A server that answers any prompt name cannot grow the series past `cardinality_limit`."""
     settings = TelemetrySettings(gateway_id="gw", cardinality_limit=3)
     pipeline = build_pipeline(settings)
-    recorder = Recorder(pipeline.provider.get_meter("test"), settings, _NoFleet())
+    recorder = Recorder(pipeline.provider.get_meter("test"), settings)
     for n in range(10):
-        facts = RequestRecord("any", "prompts/get", f"prompt-{n}", 0.01, None, 0.005, "2025-11-25", "stdio")
+        facts = RequestRecord(
+            server_id="any",
+            method="prompts/get",
+            target=f"prompt-{n}",
+            duration=0.01,
+            error_type=None,
+            upstream_duration=0.005,
+            protocol_version="2025-11-25",
+            upstream_transport="stdio",
+        )
         recorder.request_finished(facts)
-    recorder.request_finished(RequestRecord("any", "prompts/get", "prompt-0", 0.01, None, 0.005, "2025-11-25", "stdio"))
+    recorder.request_finished(
+        RequestRecord(
+            server_id="any",
+            method="prompts/get",
+            target="prompt-0",
+            duration=0.01,
+            error_type=None,
+            upstream_duration=0.005,
+            protocol_version="2025-11-25",
+            upstream_transport="stdio",
+        )
+    )
     body, _ = render(pipeline.prometheus)
     counts = {
         dict(labels)["gen_ai_prompt_name"]: value
@@ -117,11 +138,3 @@ def test_prompts_past_the_cardinality_limit_fold_into_other() -> None:
         if name == OPERATIONS[0]
     }
     assert counts == {"prompt-0": 2, "prompt-1": 1, "prompt-2": 1, "other": 7}
-
-
-class _NoFleet:
-    def server_samples(self) -> Iterable[ServerSample]:
-        return []
-
-    def pool_samples(self) -> Iterable[PoolSample]:
-        return []

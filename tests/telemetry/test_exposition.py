@@ -6,13 +6,18 @@ import gc
 import gzip
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
+
+import pytest
 
 from gateway.events import RequestRecord
 from telemetry.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, family_name, render
 from telemetry.provider import Pipeline, build_pipeline
 from telemetry.recorder import PoolSample, Recorder, ServerSample
 from telemetry.settings import TelemetrySettings
-from tests.conftest import parse_metrics
+from tests.support.metrics import parse_metrics
+
+pytestmark = pytest.mark.fast
 
 
 class _Fleet:
@@ -22,15 +27,28 @@ class _Fleet:
     def pool_samples(self) -> Iterable[PoolSample]:
         return [PoolSample("demo", 1, 2)]
 
+    def tasks(self) -> int | None:
+        return 7
+
 
 def _request(server: str, method: str, target: str | None, duration: float, error: str | None) -> RequestRecord:
-    return RequestRecord(server, method, target, duration, error, 0.001, "2025-11-25", "stdio")
+    return RequestRecord(
+        server_id=server,
+        method=method,
+        target=target,
+        duration=duration,
+        error_type=error,
+        upstream_duration=0.001,
+        protocol_version="2025-11-25",
+        upstream_transport="stdio",
+    )
 
 
 def _pipeline(limit: int = 2000) -> tuple[Pipeline, Recorder]:
     settings = TelemetrySettings(gateway_id='gw "one"', cardinality_limit=limit)
     pipeline = build_pipeline(settings)
-    recorder = Recorder(pipeline.provider.get_meter("test"), settings, _Fleet())
+    recorder = Recorder(pipeline.provider.get_meter("test"), settings)
+    recorder.watch(_Fleet())
     recorder.tools_listed("demo", ["echo", 'we"ird\\name'], first_page=True)
     recorder.request_finished(_request("demo", "tools/call", "echo", 0.02, None))
     recorder.request_finished(_request("demo", "tools/call", 'we"ird\\name', 0.02, "tool_error"))
@@ -128,9 +146,7 @@ def test_family_names() -> None:
 def test_render_holds_garbage_collection_off_only_while_it_runs() -> None:
     pipeline, _ = _pipeline()
     seen: list[bool] = []
-    pipeline.provider.get_meter("probe").create_observable_gauge(
-        "probe", [lambda options: seen.append(gc.isenabled()) or []]
-    )
+    pipeline.provider.get_meter("probe").create_observable_gauge("probe", [lambda options: _note(seen, gc.isenabled())])
     render(pipeline.prometheus)
     assert seen == [False] and gc.isenabled()
     gc.disable()
@@ -139,3 +155,9 @@ def test_render_holds_garbage_collection_off_only_while_it_runs() -> None:
         assert not gc.isenabled()  # an application's own choice is left as it was
     finally:
         gc.enable()
+
+
+def _note(seen: list[bool], value: bool) -> list[Any]:
+    """A gauge callback that only records what it saw (no observations)."""
+    seen.append(value)
+    return []

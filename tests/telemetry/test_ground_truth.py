@@ -18,17 +18,10 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from telemetry.catalog import METRICS, Kind
-from tests.conftest import (
-    Metrics,
-    Upstream,
-    demo_server,
-    mcp_session,
-    misbehaving_server,
-    raw_initialize,
-    rpc,
-    scrape,
-    wait_for,
-)
+from tests.support.mcp import mcp_session, raw_initialize, rpc
+from tests.support.metrics import Metrics, scrape
+from tests.support.processes import Upstream, demo_server, misbehaving_server
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +56,7 @@ async def test_metrics_tell_exactly_what_happened(gateway_factory: Any, http_ups
                 await session.call_tool("hang", {})  # times out after 1 s
             with pytest.raises(MCPError):
                 await session.call_tool("crash", {})  # the process exits mid-call
-        wait_for(lambda: gw.server("odd")["state"] == "running", what="odd to restart")
+        await eventually(lambda: gw.server("odd")["state"] == "running", what="odd to restart")
         async with mcp_session(gw.url()) as session:
             with pytest.raises(MCPError):
                 await session.call_tool("nope__echo", {})  # no such server: answered by the gateway
@@ -77,8 +70,10 @@ async def test_metrics_tell_exactly_what_happened(gateway_factory: Any, http_ups
     # Kill demo (crash), let sleepy go idle.
     demo_pid = gw.server("demo")["pid"]
     os.kill(demo_pid, signal.SIGKILL)
-    wait_for(lambda: (s := gw.server("demo"))["state"] == "running" and s["pid"] != demo_pid, what="demo restart")
-    wait_for(lambda: gw.server("sleepy")["state"] == "stopped", what="sleepy to go idle")
+    await eventually(
+        lambda: (s := gw.server("demo"))["state"] == "running" and s["pid"] != demo_pid, what="demo restart"
+    )
+    await eventually(lambda: gw.server("sleepy")["state"] == "stopped", what="sleepy to go idle")
 
     metrics = scrape(gw)
     servers = gw.servers()

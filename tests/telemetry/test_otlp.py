@@ -26,7 +26,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from telemetry.catalog import BY_NAME, Kind, Metric
 from telemetry.settings import otlp_from_env
-from tests.conftest import Gateway, Metrics, demo_server, free_port, mcp_session, scrape, wait_for
+from tests.support.mcp import mcp_session
+from tests.support.metrics import Metrics, scrape
+from tests.support.processes import Gateway, demo_server, free_port
+from tests.support.waiting import eventually, wait_for
 from tests.telemetry.otlp_sink import Attributes, HistogramValue, OtlpSink
 
 # The collector binary the `rotel` wheel ships beside its Python wrapper (`rotel.agent.Agent.agent_path`).
@@ -205,7 +208,7 @@ async def test_otlp_push_matches_metrics_page(
     await _call(gw, calls)
 
     tools_call = {"server_id": "demo", "method": "tools/call"}
-    wait_for(lambda: sink.value("mcp_gateway_requests", tools_call) == 7, 30, "7 tools/call requests over OTLP")
+    await eventually(lambda: sink.value("mcp_gateway_requests", tools_call) == 7, 30, "7 tools/call requests over OTLP")
 
     # The two readers collect at different moments: poll until they agree; on timeout, show what still differs.
     last: list[str] = []
@@ -215,7 +218,7 @@ async def test_otlp_push_matches_metrics_page(
         return not last
 
     try:
-        wait_for(agree, 15, "OTLP to agree with /metrics")
+        await eventually(agree, 15, "OTLP to agree with /metrics")
     except AssertionError:
         raise AssertionError("OTLP and /metrics disagree:\n" + "\n".join(last)) from None
     assert sink.rejected == []
@@ -261,7 +264,7 @@ async def test_sigterm_flushes_what_was_not_pushed(
 
     gw.stop()  # uvicorn re-raises SIGTERM once shut down: the exit status is -15, by design
     tools_call = {"server_id": "demo", "method": "tools/call"}
-    wait_for(lambda: sink.value("mcp_gateway_requests", tools_call) == 3, 20, "the shutdown flush to arrive")
+    await eventually(lambda: sink.value("mcp_gateway_requests", tools_call) == 3, 20, "the shutdown flush to arrive")
     assert sink.value("mcp_server_tools_called", {"server_id": "demo", "tool_name": "echo"}) == 3
 
 
@@ -284,7 +287,7 @@ async def test_no_otlp_without_the_variables(gateway_factory: Callable[..., Gate
             return OtlpSink(port=4318)
         return None  # taken, perhaps by this very test in a concurrent run: wait for it
 
-    with wait_for(on_default_port, 30, "port 4318 (the OTLP/HTTP default) to be free") as sink:
+    with await eventually(on_default_port, 30, "port 4318 (the OTLP/HTTP default) to be free") as sink:
         gw = gateway_factory({"demo": demo_server()}, env={"OTEL_METRIC_EXPORT_INTERVAL": "100"})
         await _call(gw, [("echo", {"text": "x"})])
         assert _never(lambda: sink.requests, 1.5), "the gateway pushed OTLP although nothing asked it to"

@@ -8,6 +8,7 @@ the page's switches: the metrics token, the metrics port, scope labels and HTTP 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import subprocess
 from collections import Counter
@@ -17,23 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 
 from telemetry.catalog import METRICS, Kind
-from tests.conftest import (
-    Gateway,
-    Metrics,
-    demo_server,
-    free_port,
-    mcp_session,
-    parse_metrics,
-    scrape,
-    start_gateway,
-    start_http_upstream,
-    stop_gateway,
-    wait_for,
-)
+from tests.support.mcp import mcp_session
+from tests.support.metrics import Metrics, parse_metrics, scrape
+from tests.support.processes import Gateway, demo_server, free_port, start_gateway, start_http_upstream, stop_gateway
+from tests.support.waiting import eventually
 from tests.telemetry.prometheus import Prometheus, binary, run_prometheus
 
 DEMO, REMOTE, SPARE = "demo", "remote", "spare"
@@ -270,7 +263,7 @@ async def test_metrics_token_port_scope_labels_and_http_metrics(gateway_factory:
     # The token guards /metrics, on both ports, and nothing else.
     assert gw.get("/metrics").status_code == 401
     assert gw.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert wait_for(lambda: _get(side_port), what="the metrics port").status_code == 401
+    assert (await eventually(lambda: _get(side_port), what="the metrics port")).status_code == 401
     with anyio.fail_after(60):
         async with mcp_session(gw.url(DEMO)) as session:
             result = await session.call_tool("echo", {"text": "open"})
@@ -278,8 +271,10 @@ async def test_metrics_token_port_scope_labels_and_http_metrics(gateway_factory:
     assert gw.get("/servers").status_code == 200
     assert gw.get("/no-such-route/demo").status_code == 404  # unmatched paths must not become labels either
 
-    main = parse_metrics(wait_for(lambda: _http_metrics_page(gw.get("/metrics", headers=bearer)), what="HTTP metrics"))
-    side = httpx.get(side_port, headers=bearer, timeout=30)
+    main = parse_metrics(
+        await eventually(lambda: _http_metrics_page(gw.get("/metrics", headers=bearer)), what="HTTP metrics")
+    )
+    side = await anyio.to_thread.run_sync(functools.partial(httpx.get, side_port, headers=bearer, timeout=30))
     assert side.status_code == 200 and side.headers["content-type"] == TEXT
     assert parse_metrics(side.text).total("mcp_gateway_requests_total", server_id=DEMO, method="tools/call") == 1
 
