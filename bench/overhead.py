@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,13 +36,12 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: the tests' helpers and servers are this checkout's
+
+from tests.support import processes  # noqa: E402
+from tests.support.processes import free_port  # noqa: E402
+
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
@@ -60,33 +58,25 @@ def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 30.0) -> 
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
-def start_http_upstream() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [PY, "-m", "tests.servers.http_upstream", "--port", "0", "--json-response"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("READY "):
-        proc.kill()
-        raise RuntimeError(f"upstream failed to start: {line!r}")
-    return proc, f"http://127.0.0.1:{line.split()[1]}/mcp"
+def start_http_upstream(*flags: str) -> tuple[subprocess.Popen[str], str]:
+    """The SDK-built test upstream (`--json-response` here: the benchmark's HTTP arm); (process, MCP URL)."""
+    upstream = processes.start_http_upstream("--json-response", *flags)
+    return upstream.proc, upstream.url
 
 
 def start_gateway(
-    upstream_url: str, workdir: Path, loop: str = "auto", repo: Path = REPO
+    servers: dict[str, Any],
+    workdir: Path,
+    *,
+    loop: str = "auto",
+    repo: Path = REPO,
+    sections: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """A gateway on a free port; `repo` is the checkout it runs from (another commit's, for a baseline)."""
+    """A gateway on a free port serving `servers` (and further config `sections`, e.g. `telemetry`);
+    `repo` is the checkout it runs from (another commit's, for a baseline)."""
     port = free_port()
-    config = {
-        "gateway": {"id": "bench", "port": port},
-        "servers": {
-            "remote": {"url": upstream_url, "lazy": False},
-            "demo": {"command": PY, "args": ["-m", "gateway.demo_server"], "lazy": False},
-        },
-    }
+    config = {**(sections or {}), "gateway": {"id": "bench", "port": port}, "servers": servers}
     path = workdir / f"gateway-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     log = (workdir / f"gateway-{port}.log").open("wb")
@@ -95,10 +85,19 @@ def start_gateway(
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=repo,
+        env={**os.environ, **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"
     wait_ready(base + "/readyz", proc)
     return proc, base
+
+
+def bench_servers(upstream_url: str) -> dict[str, Any]:
+    """The two servers every arm calls through a gateway: the HTTP upstream and the stdio demo."""
+    return {
+        "remote": {"url": upstream_url, "lazy": False},
+        "demo": {"command": PY, "args": ["-m", "gateway.demo_server"], "lazy": False},
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -195,8 +194,9 @@ async def bench(calls: int, concurrencies: list[int], rounds: int, baseline: Pat
     upstream, upstream_url = start_http_upstream()
     workdir = Path(tempfile.mkdtemp(prefix="mcp-gateway-bench-"))
     # The gateway as it runs by default (uvloop), and on the standard library's loop.
-    gateway, base = start_gateway(upstream_url, workdir)
-    stdlib, stdlib_base = start_gateway(upstream_url, workdir, "asyncio")
+    servers = bench_servers(upstream_url)
+    gateway, base = start_gateway(servers, workdir)
+    stdlib, stdlib_base = start_gateway(servers, workdir, loop="asyncio")
     gateways: list[subprocess.Popen[bytes]] = [gateway, stdlib]
     arms: list[tuple[str, Connect, str, int | None]] = [
         ("http direct", http_connect(upstream_url), "echo", None),
@@ -207,7 +207,7 @@ async def bench(calls: int, concurrencies: list[int], rounds: int, baseline: Pat
         ("stdio via gw/asyncio", http_connect(f"{stdlib_base}/servers/demo/mcp"), "echo", stdlib.pid),
     ]
     if baseline is not None:  # another commit's gateway, beside this one: before and after in one run
-        old, old_base = start_gateway(upstream_url, workdir, repo=baseline)
+        old, old_base = start_gateway(servers, workdir, repo=baseline)
         gateways.append(old)
         arms += [
             ("http via baseline", http_connect(f"{old_base}/servers/remote/mcp"), "echo", old.pid),

@@ -24,14 +24,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import PY, REPO, cpu_seconds, machine, start_http_upstream
-from bench.telemetry import load, start_gateway
+from bench.overhead import PY, REPO, cpu_seconds, machine, start_gateway, start_http_upstream
+from bench.telemetry import load
 
 
 async def arms(calls: int, concurrencies: list[int], rounds: int, workdir: Path) -> list[dict[str, Any]]:
     upstream, upstream_url = start_http_upstream()
-    pooled = start_gateway({"remote": {"url": upstream_url, "lazy": False}}, {}, {}, workdir)
-    unpooled = start_gateway({"remote": {"url": upstream_url, "lazy": False, "pool": {"ttl": 1e-6}}}, {}, {}, workdir)
+    pooled = start_gateway({"remote": {"url": upstream_url, "lazy": False}}, workdir)
+    unpooled = start_gateway({"remote": {"url": upstream_url, "lazy": False, "pool": {"ttl": 1e-6}}}, workdir)
     targets = {
         "direct": (upstream_url, None),
         "gateway, pooled": (f"{pooled[1]}/servers/remote/mcp", pooled[0]),
@@ -61,9 +61,11 @@ async def arms(calls: int, concurrencies: list[int], rounds: int, workdir: Path)
                         }
                     )
     finally:
-        for proc in (pooled[0], unpooled[0], upstream):
-            proc.terminate()
-            proc.wait(30)
+        for gateway in (pooled[0], unpooled[0]):
+            gateway.terminate()
+            gateway.wait(30)
+        upstream.terminate()
+        upstream.wait(30)
     summary = []
     for concurrency in concurrencies:
         direct_p50 = statistics.median(

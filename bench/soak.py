@@ -28,7 +28,6 @@ import platform
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,6 @@ from typing import Any
 import httpx
 import httpx2
 import psutil
-import yaml
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -47,7 +45,7 @@ from mcp.shared.exceptions import MCPError
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.overhead import free_port, start_http_upstream, wait_ready  # noqa: E402
+from bench.overhead import start_gateway, start_http_upstream  # noqa: E402
 
 PY = sys.executable
 CALL_TIMEOUT = 30.0
@@ -82,29 +80,13 @@ class Sample:
     calls: int  # calls answered so far
 
 
-def start_gateway(upstream_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def soak_servers(upstream_url: str) -> dict[str, Any]:
     demo = {"command": PY, "args": ["-m", "gateway.demo_server"], "lazy": False}
-    config = {
-        "gateway": {"id": "soak", "port": port},
-        "servers": {
-            "demo": demo,
-            "victim": {**demo, "restart": {"backoff_initial": 0.1, "max_attempts": 1000}},
-            "remote": {"url": upstream_url, "lazy": False},
-        },
+    return {
+        "demo": demo,
+        "victim": {**demo, "restart": {"backoff_initial": 0.1, "max_attempts": 1000}},
+        "remote": {"url": upstream_url, "lazy": False},
     }
-    path = workdir / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = (workdir / "gateway.log").open("wb")
-    proc = subprocess.Popen(
-        [PY, "-m", "gateway", "serve", "--config", str(path), "--log-level", "warning"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base + "/readyz", proc)
-    return proc, base
 
 
 class Load:
@@ -226,7 +208,7 @@ def _p99_windows(latencies: list[tuple[float, float]], window: float) -> list[tu
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     upstream, upstream_url = start_http_upstream()
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
-    proc, base = start_gateway(upstream_url, workdir)
+    proc, base = start_gateway(soak_servers(upstream_url), workdir)
     try:
         calibration = Load(base, None)
         await calibration.run(args.calibrate)
@@ -250,8 +232,12 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         proc.wait(60)
         upstream.terminate()
         upstream.wait(10)
-    log = (workdir / "gateway.log").read_text(errors="replace")
+    log = await asyncio.to_thread(_read_logs, workdir)
     return _report(args, capacity, rate, load, samples, kills, log)
+
+
+def _read_logs(workdir: Path) -> str:
+    return "".join(path.read_text(errors="replace") for path in workdir.glob("gateway-*.log"))
 
 
 def _report(

@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import PY, REPO, cpu_seconds, free_port, machine, start_http_upstream, wait_ready
+from bench.overhead import PY, REPO, cpu_seconds, machine, start_gateway, start_http_upstream
 
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
@@ -58,28 +57,6 @@ def start_sink() -> tuple[ThreadingHTTPServer, int]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, server.server_address[1]
-
-
-def start_gateway(servers: dict[str, Any], telemetry: dict[str, Any], env: dict[str, str], workdir: Path) -> Any:
-    import os
-    import subprocess
-
-    port = free_port()
-    path = workdir / f"gateway-{port}.yaml"
-    path.write_text(
-        yaml.safe_dump({"gateway": {"id": "bench", "port": port}, "telemetry": telemetry, "servers": servers})
-    )
-    log = (workdir / f"gateway-{port}.log").open("wb")
-    proc = subprocess.Popen(
-        [PY, "-m", "gateway", "serve", "--config", str(path), "--log-level", "warning"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-        env={**os.environ, **env},
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base + "/readyz", proc)
-    return proc, base
 
 
 async def open_session(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
@@ -145,7 +122,10 @@ async def per_request_cost(calls: int, rounds: int, workdir: Path) -> list[dict[
         "telemetry on (Prometheus + OTLP)": ({"enabled": True}, otlp_env),
         "on + HTTP server metrics": ({"enabled": True, "http_metrics": True}, otlp_env),
     }
-    gateways = {arm: start_gateway({"demo": demo}, telemetry, env, workdir) for arm, (telemetry, env) in arms.items()}
+    gateways = {
+        arm: start_gateway({"demo": demo}, workdir, sections={"telemetry": telemetry}, env=env)
+        for arm, (telemetry, env) in arms.items()
+    }
     rows: list[CostRow] = []
     try:
         for _ in range(rounds):
@@ -294,7 +274,7 @@ def scrape_cost(servers: int, tools: int, repeats: int) -> dict[str, Any]:
 async def scrape_interference(calls: int, rounds: int, servers: int, workdir: Path) -> dict[str, Any]:
     upstream, upstream_url = start_http_upstream()
     config = {f"remote-{i}": {"url": upstream_url} for i in range(servers)}
-    proc, base = start_gateway(config, {"enabled": True}, {}, workdir)
+    proc, base = start_gateway(config, workdir, sections={"telemetry": {"enabled": True}})
     urls = [f"{base}/servers/remote-{i}/mcp" for i in range(servers)]
     await load(urls, servers, servers * 3)  # connect every server, populate every series
     page_bytes = 0

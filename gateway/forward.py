@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from gateway.errors import ErrorType, GatewayError, SessionExpired, UpstreamClosed, internal_error
@@ -26,19 +25,13 @@ from gateway.upstream.base import ClientChannel
 log = logging.getLogger(__name__)
 
 
-class _Stopwatch:
+class _Upstream:
     """Time spent waiting on the upstream, over every attempt of one request."""
 
-    def __init__(self) -> None:
-        self.seconds: float | None = None
+    seconds: float | None = None
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds = (self.seconds or 0.0) + time.perf_counter() - started
+    def add(self, seconds: float) -> None:
+        self.seconds = (self.seconds or 0.0) + seconds
 
 
 class Forwarder:
@@ -55,7 +48,7 @@ class Forwarder:
         started = time.perf_counter()
         method = message["method"]
         error_type: ErrorType | None = None
-        upstream = _Stopwatch()
+        upstream = _Upstream()
         try:
             try:
                 response = await self._send(runtime, session, message, channel, upstream)
@@ -99,20 +92,21 @@ class Forwarder:
         session: DownstreamSession,
         message: Message,
         channel: ClientChannel | None,
-        upstream: _Stopwatch,
+        upstream: _Upstream,
     ) -> Message:
         """One exchange on a pooled session; a session whose transport failed is discarded, not returned."""
         pooled = await self.pool.acquire(runtime, session.identity)
         broken = False
+        started = time.perf_counter()
         try:
-            with upstream.running():
-                return await pooled.session.request(
-                    message, timeout=runtime.config.request_timeout, downstream=channel, owner=session
-                )
+            return await pooled.session.request(
+                message, timeout=runtime.config.request_timeout, downstream=channel, owner=session
+            )
         except UpstreamClosed:
             broken = True
             raise
         finally:
+            upstream.add(time.perf_counter() - started)
             self.pool.release(runtime, pooled, identity=session.identity, failed=broken)
 
     def _report_tools(self, runtime: ServerRuntime, request: Message, result: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ probed by addresses no allow-list knows (a kubelet's), so they pass.
 
 from __future__ import annotations
 
+import functools
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.events import Observer, Rejection
@@ -51,6 +53,9 @@ class Guard:
         self.allowed_hosts = allowed_hosts
         self.allowed_origins = allowed_origins
         self.observer = observer
+        # Decided once per distinct header value: clients send the same ones on every request.
+        self._host_ok = functools.lru_cache(maxsize=256)(lambda host: host_allowed(host, allowed_hosts or []))
+        self._origin_ok = functools.lru_cache(maxsize=256)(lambda origin: origin_allowed(origin, allowed_origins))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in _PROBES:
@@ -67,12 +72,12 @@ class Guard:
     def refusal(self, scope: Scope) -> HttpError | None:
         headers: dict[bytes, bytes] = dict(scope["headers"])
         hosts = self.allowed_hosts
-        if hosts is not None and not host_allowed(headers.get(b"host", b""), hosts):
+        if hosts is not None and not self._host_ok(headers.get(b"host", b"")):
             return HttpError(
                 421, "Misdirected Request: Host header not allowed (DNS rebinding protection)", rejection=Rejection.HOST
             )
         origin = headers.get(b"origin")
-        if origin is not None and not origin_allowed(origin, self.allowed_origins):
+        if origin is not None and not self._origin_ok(origin):
             return HttpError(403, f"origin {origin.decode('latin-1')!r} is not allowed", rejection=Rejection.ORIGIN)
         if scope["method"] in ("POST", "DELETE") and not scope["path"].endswith("/mcp"):
             content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -66,12 +67,16 @@ def encode_response(response: Message) -> bytes:
 
 def _acceptable(headers: dict[bytes, bytes]) -> tuple[bool, bool]:
     """Whether the client takes a JSON reply, and an SSE one; 406 when it takes neither."""
-    accept = headers[b"accept"].decode("latin-1") if b"accept" in headers else None
-    json_ok = media_quality(accept, "application/json") > 0
-    sse_ok = media_quality(accept, "text/event-stream") > 0
+    json_ok, sse_ok = _reply_kinds(headers.get(b"accept"))
     if not json_ok and not sse_ok:
         raise HttpError(406, "Not Acceptable: Accept must include application/json and text/event-stream")
     return json_ok, sse_ok
+
+
+@functools.lru_cache(maxsize=256)  # a client sends the same Accept on every request: parse it once
+def _reply_kinds(accept: bytes | None) -> tuple[bool, bool]:
+    value = accept.decode("latin-1") if accept is not None else None
+    return media_quality(value, "application/json") > 0, media_quality(value, "text/event-stream") > 0
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -82,6 +82,10 @@ def describe_failure(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+async def _ignore(response: aiohttp.ClientResponse) -> None:
+    """A reply with nothing in it for the gateway (a DELETE's)."""
+
+
 class HttpSession(UpstreamSession):
     transport = "streamable-http"
 
@@ -116,28 +120,31 @@ class HttpSession(UpstreamSession):
             what = what.replace(secret, "***")
         return UpstreamClosed(f"server {self.server_id!r}: {what}", data={"server": self.server_id, "reason": reason})
 
-    @contextlib.asynccontextmanager
     async def _exchange(
-        self, method: str, headers: dict[str, str], body: bytes | None = None, timeout: float | None = None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One HTTP exchange with the server, redirects followed within its origin only."""
-        options: dict[str, Any] = {"allow_redirects": False}
-        if timeout is not None:
-            options["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        self,
+        method: str,
+        headers: dict[str, str],
+        read: Callable[[aiohttp.ClientResponse], Awaitable[None]],
+        body: bytes | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> None:
+        """One HTTP exchange with the server, redirects followed within its origin only; `read` takes
+        the final response (released after: back to the pool if read whole, else closed)."""
+        timeout = timeout or self._client.timeout
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                response = await self._client.request(method, self._url, data=body, headers=headers, **options)
+                async with self._client.request(
+                    method, self._url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+                ) as response:
+                    status = response.status
+                    if status not in _REDIRECTS or "location" not in response.headers:
+                        await read(response)
+                        return
+                    location = response.headers["location"]
             except TRANSPORT_ERRORS as exc:
                 log.debug("server %s: %s %s", self.server_id, method, describe_failure(exc))
                 raise self._failure(f"HTTP exchange failed: {describe_failure(exc)}") from None
-            async with response:  # released at the end: back to the pool if read whole, else closed
-                if response.status not in _REDIRECTS or "location" not in response.headers:
-                    try:
-                        yield response
-                    except TRANSPORT_ERRORS as exc:
-                        raise self._failure(f"HTTP exchange failed: {describe_failure(exc)}") from None
-                    return
-            self._url = self._redirect(response.status, response.headers["location"])
+            self._url = self._redirect(status, location)
         raise self._failure(f"more than {MAX_REDIRECTS} redirects from the configured URL")
 
     def _redirect(self, status: int, location: str) -> URL:
@@ -155,8 +162,10 @@ class HttpSession(UpstreamSession):
         return target
 
     async def _send(self, message: Message, pending: Pending | None) -> None:
-        async with self._exchange("POST", self._headers, dumps(message)) as response:
+        async def read(response: aiohttp.ClientResponse) -> None:
             await self._read_reply(message, response, pending)
+
+        await self._exchange("POST", self._headers, read, dumps(message))
 
     async def _read_reply(self, message: Message, response: aiohttp.ClientResponse, pending: Pending | None) -> None:
         status = response.status
@@ -203,8 +212,9 @@ class HttpSession(UpstreamSession):
     async def _read_body(self, response: aiohttp.ClientResponse) -> Frame:
         """A JSON reply, read whole unless it is over the message limit."""
         limit = self.max_message_bytes
-        if response.content_length is not None and response.content_length > limit:
-            return Oversized(response.content_length, b"", b"")
+        length = response.content_length
+        if length is not None:
+            return Oversized(length, b"", b"") if length > limit else await response.read()  # the usual case
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_any():
@@ -233,20 +243,27 @@ class HttpSession(UpstreamSession):
         headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
         headers["Accept"] = "text/event-stream"
         failures = 0
+        offered = True
+
+        async def read(response: aiohttp.ClientResponse) -> None:
+            nonlocal failures, offered
+            if response.status == 405:
+                offered = False  # the server offers no GET stream
+            elif response.status != 200:
+                failures += 1
+            else:
+                failures = 0
+                async for data in sse_data(response.content.iter_any(), self.max_message_bytes):
+                    self._receive(data, None)
+
         while not self.closed and failures < 5:
             try:
-                async with self._exchange("GET", headers) as response:
-                    if response.status == 405:
-                        return  # the server offers no GET stream
-                    if response.status != 200:
-                        failures += 1
-                    else:
-                        failures = 0
-                        async for data in sse_data(response.content.iter_any(), self.max_message_bytes):
-                            self._receive(data, None)
+                await self._exchange("GET", headers, read)
             except GatewayError as exc:
                 failures += 1
                 log.debug("GET stream of %s broke: %s", self.server_id, exc.message)
+            if not offered:
+                return
             await asyncio.sleep(min(2.0**failures, 30.0))
 
     async def _close_transport(self) -> None:
@@ -255,5 +272,4 @@ class HttpSession(UpstreamSession):
         if self.session_id is None:
             return
         with contextlib.suppress(GatewayError, TimeoutError):
-            async with self._exchange("DELETE", self._headers, timeout=5.0):
-                pass
+            await self._exchange("DELETE", self._headers, _ignore, timeout=aiohttp.ClientTimeout(total=5.0))
