@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline",
         type=Path,
-        help="a checkout of another commit (e.g. `git worktree add /tmp/base HEAD~1`): its gateway runs as more arms",
+        help="a checkout of another commit (e.g. `git worktree add ../base HEAD~1`): its gateway runs as more arms",
     )
     args = parser.parse_args(argv)
     if args.smoke:
