@@ -237,16 +237,17 @@ class Aggregator:
         return out
 
     async def _when_ready(self, runtime: ServerRuntime, session: DownstreamSession, call: Any) -> Any:
-        if not self.forwarder.has_session(runtime, session.identity):
-            warming = asyncio.ensure_future(self.forwarder.initialize_result(runtime, session.identity))
-            done, _ = await asyncio.wait({warming}, timeout=self.limits.cold_start_wait)
-            if not done:
-                self.observer.omitted(runtime.id, Omission.STARTING)
-                log.info("server %s is still starting: left out of this answer; it keeps starting", runtime.id)
-                warming.add_done_callback(lambda task: self._started_late(runtime, session.identity, task))
-                raise _StillStarting
-            warming.result()
-        return await call(runtime)
+        """`call(runtime)`; bounded by `limits.cold_start_wait` when it must start a session first."""
+        if self.forwarder.has_session(runtime, session.identity):
+            return await call(runtime)
+        starting = asyncio.ensure_future(call(runtime))  # it opens the session (and starts the server)
+        done, _ = await asyncio.wait({starting}, timeout=self.limits.cold_start_wait)
+        if done:
+            return starting.result()
+        self.observer.omitted(runtime.id, Omission.STARTING)
+        log.info("server %s is still starting: left out of this answer; it keeps starting", runtime.id)
+        starting.add_done_callback(lambda task: self._started_late(runtime, session.identity, task))
+        raise _StillStarting
 
     def _started_late(self, runtime: ServerRuntime, identity: str, task: asyncio.Future[Any]) -> None:
         """A server left out while it started is up: the caller's lists are now longer."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -61,7 +62,7 @@ class _PooledServer:
     runtime: ServerRuntime
     config: PoolConfig
     breaker: Breaker
-    share: int  # concurrent requests one caller may have on the server's shared sessions
+    identities: int  # callers that can tell themselves apart: they share the shared sessions' slots
     by_key: dict[str, list[PooledSession]] = field(default_factory=dict)
     retiring: set[PooledSession] = field(default_factory=set)  # evicted, their last requests still running
     pending: dict[str, asyncio.Future[PooledSession]] = field(default_factory=dict)
@@ -88,6 +89,11 @@ class _PooledServer:
         """Concurrent requests the server's shared sessions can carry, all callers together."""
         return self.per_key * self.config.max_requests_per_session
 
+    @functools.cached_property
+    def share(self) -> int:
+        """Concurrent requests one caller may have on the server's shared sessions."""
+        return self.config.max_requests_per_identity or fair_share(self.slots, self.identities)
+
 
 class SessionPool:
     def __init__(self, observer: Observer, clock: Clock = time.monotonic, identities: int = 1) -> None:
@@ -99,9 +105,8 @@ class SessionPool:
 
     def add(self, runtime: ServerRuntime) -> None:
         config = runtime.config.pool
-        server = _PooledServer(runtime, config, Breaker(config.failure_threshold, config.cooldown), share=0)
-        server.share = config.max_requests_per_identity or fair_share(server.slots, self.identities)
-        self._servers[runtime.id] = server
+        breaker = Breaker(config.failure_threshold, config.cooldown)
+        self._servers[runtime.id] = _PooledServer(runtime, config, breaker, self.identities)
         runtime.stop_listeners.append(self.server_stopped)
 
     def _key(self, server: _PooledServer, identity: str) -> str:

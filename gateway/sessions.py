@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import secrets
 import time
 from collections import Counter
@@ -18,18 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import (
-    MethodNotFound,
-    Rejected,
-    SessionQuota,
-    TooDeep,
-    TooManySessions,
-    UpstreamTimeout,
-)
+from gateway.errors import MethodNotFound, Rejected, SessionQuota, TooManySessions, UpstreamTimeout
 from gateway.protocol import Message
-from gateway.stream import EventStream, sse_event
-
-log = logging.getLogger(__name__)
+from gateway.stream import EventStream
 
 # Which client capability a server-to-client request needs.
 _NEEDS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
@@ -64,27 +54,16 @@ class DownstreamSession:
     # -- the GET stream as a ClientChannel -------------------------------------------------------
 
     def open_stream(self) -> EventStream:
-        self.stream = EventStream(self.stream_buffer)
+        self.stream = EventStream(self.stream_buffer, "GET", self._overflowed, closes_on_overflow=True)
         return self.stream
+
+    def _overflowed(self) -> None:
+        if self.on_overflow is not None:
+            self.on_overflow(self)
 
     def notify(self, message: Message) -> bool:
         """Queue `message` on the GET stream; False when there is none, or it was closed for not being read."""
-        stream = self.stream
-        if stream is None:
-            return False
-        try:
-            event = sse_event(message)
-        except TooDeep:
-            log.warning("a message nested too deeply for the client's stream was dropped: %.200r", message)
-            return False
-        if stream.put(event):
-            return True
-        if not stream.closed:
-            log.warning("client session %s... did not read its GET stream: closed it", self.id[:8])
-            stream.close(drop=True)
-            if self.on_overflow is not None:
-                self.on_overflow(self)
-        return False
+        return self.stream is not None and self.stream.send(message)
 
     async def request(self, message: Message) -> Message:
         return await self.relay(message, self.notify if self.stream is not None else None)

@@ -34,7 +34,7 @@ from gateway.protocol import (
 )
 from gateway.responses import JSON, HttpError, Receive, Scope, Send, send_body, send_http_error
 from gateway.sessions import DownstreamSession, SessionStore
-from gateway.stream import EventStream, sse_event, sse_frame
+from gateway.stream import EventStream, sse_frame
 from gateway.upstream.base import ClientChannel
 
 log = logging.getLogger(__name__)
@@ -119,32 +119,20 @@ class PostChannel:
         self._json_ok = json_ok
         self._sse_ok = sse_ok
         self._on_overflow = on_overflow
-        self._overflowed = False
         self._stream: EventStream | None = None
         self._writer: asyncio.Task[None] | None = None
 
     def notify(self, message: Message) -> bool:
         if not self._sse_ok:
             return self.session.notify(message)  # the GET stream, if the client opened one
-        try:
-            event = sse_event(message)
-        except TooDeep:
-            log.warning("a message nested too deeply for the client's stream was dropped: %.200r", message)
-            return False
-        if self._start_stream().put(event):
-            return True
-        if not self._overflowed:
-            self._overflowed = True
-            log.warning("a client is not reading its reply stream: dropping what does not fit")
-            self._on_overflow()
-        return False
+        return self._start_stream().send(message)
 
     async def request(self, message: Message) -> Message:
         return await self.session.relay(message, self.notify if self._sse_ok else None)
 
     def _start_stream(self) -> EventStream:
         if self._stream is None:
-            self._stream = EventStream(self.session.stream_buffer)
+            self._stream = EventStream(self.session.stream_buffer, "reply", self._on_overflow)
             self._writer = asyncio.create_task(self._write(self._stream))
         return self._stream
 

@@ -262,10 +262,11 @@ class Recorder:
         """The upstream advertised these tools: only they become label values, each at 0 until called."""
         try:
             known = frozenset() if first_page else self._advertised.get(server_id, frozenset())
-            advertised = self._advertised[server_id] = known | frozenset(str(name) for name in names)
-            for name in advertised:
-                if (server_id, name) not in self._tools and len(self._tools) < self.limit:
-                    self._tools[(server_id, name)] = 0
+            self._advertised[server_id] = known | frozenset(str(name) for name in names)
+            for name in names:  # this page's: the earlier pages' are there already
+                key = (server_id, str(name))
+                if key not in self._tools and len(self._tools) < self.limit:
+                    self._tools[key] = 0
         except Exception:
             log.exception("telemetry: recording advertised tools failed")
 

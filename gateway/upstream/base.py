@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from gateway import __version__
 from gateway.errors import (
     GatewayError,
@@ -27,7 +29,7 @@ from gateway.errors import (
     UpstreamTooLarge,
 )
 from gateway.protocol import LATEST_VERSION, Message, error_response, is_valid_id, response_problem
-from gateway.upstream.framing import Oversized
+from gateway.upstream.framing import Frame, Oversized
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class UpstreamSession(ABC):
     """One initialized MCP session with one upstream server."""
 
     transport: str = ""
+    carried_by: str = ""  # where its messages arrive, for the log ("on stdout")
 
     def __init__(
         self, server_id: str, handler: UpstreamHandler | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE
@@ -211,6 +214,24 @@ class UpstreamSession(ABC):
 
     # -- what the upstream sends -----------------------------------------------------------------
 
+    def _receive(self, frame: Frame, via: Pending | None = None) -> None:
+        """One framed message (a stdio line, an HTTP body, an SSE event's data): parsed, then routed."""
+        if isinstance(frame, Oversized):
+            self._oversized(frame, via)
+            return
+        frame = frame.strip()
+        if not frame:
+            return
+        try:
+            parsed: Any = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            log.warning(
+                "server %s sent a message that is not JSON%s; skipped: %.200r", self.server_id, self.carried_by, frame
+            )
+            return
+        for item in parsed if isinstance(parsed, list) else (parsed,):
+            self._dispatch(item, via)
+
     def _dispatch(self, message: Any, via: Pending | None = None) -> None:
         """Route one message from the upstream. `via` is the request whose reply stream carried it.
 
@@ -289,14 +310,13 @@ class UpstreamSession(ABC):
             f", failing {pending.method}" if pending is not None else "",
         )
         if pending is not None and not pending.future.done():
-            pending.future.set_exception(self.too_large())
-
-    def too_large(self) -> UpstreamTooLarge:
-        limit = self.max_message_bytes
-        return UpstreamTooLarge(
-            f"server {self.server_id!r} sent a message over the gateway's limit of {limit} bytes",
-            data={"server": self.server_id, "reason": "too_large", "limit": limit},
-        )
+            limit = self.max_message_bytes
+            pending.future.set_exception(
+                UpstreamTooLarge(
+                    f"server {self.server_id!r} sent a message over the gateway's limit of {limit} bytes",
+                    data={"server": self.server_id, "reason": "too_large", "limit": limit},
+                )
+            )
 
     def _sole_downstream(self) -> ClientChannel | None:
         """The one downstream with requests in flight, if exactly one: stdio carries no request ids."""

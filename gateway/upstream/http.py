@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiohttp
 import orjson
@@ -223,20 +222,6 @@ class HttpSession(UpstreamSession):
                 return Oversized(size, b"", b"")
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def _receive(self, data: Frame, pending: Pending | None) -> None:
-        if isinstance(data, Oversized):
-            self._oversized(data, pending)
-            return
-        if not data.strip():
-            return
-        try:
-            parsed: Any = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            log.warning("server %s sent a reply that is not JSON; skipped: %.200r", self.server_id, data)
-            return
-        for item in parsed if isinstance(parsed, list) else [parsed]:
-            self._dispatch(item, pending)
 
     async def _listen(self) -> None:
         """The optional GET stream: server-initiated messages not tied to a request."""

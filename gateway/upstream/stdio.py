@@ -15,9 +15,7 @@ import ctypes
 import logging
 import os
 import signal
-from typing import Any
 
-import orjson
 from mcp.client.stdio import get_default_environment
 
 from gateway.config import StdioServer
@@ -25,7 +23,7 @@ from gateway.errors import UpstreamClosed, UpstreamUnavailable
 from gateway.protocol import Message, dumps
 from gateway.upstream.base import DEFAULT_MAX_MESSAGE, Pending, UpstreamHandler, UpstreamSession
 from gateway.upstream.child import Child
-from gateway.upstream.framing import Frame, LineSplitter, Oversized
+from gateway.upstream.framing import LineSplitter
 
 log = logging.getLogger(__name__)
 stderr_log = logging.getLogger("gateway.upstream.stderr")
@@ -47,6 +45,7 @@ def child_environment(config: StdioServer) -> dict[str, str]:
 
 class StdioSession(UpstreamSession):
     transport = "stdio"
+    carried_by = " on stdout"
 
     def __init__(
         self,
@@ -124,21 +123,6 @@ class StdioSession(UpstreamSession):
         last = splitter.finish()
         if last is not None:
             self._receive(last)
-
-    def _receive(self, line: Frame) -> None:
-        if isinstance(line, Oversized):
-            self._oversized(line)
-            return
-        line = line.strip()
-        if not line:
-            return
-        try:
-            message: Any = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            log.warning("server %s wrote a line that is not JSON on stdout; skipped: %.200r", self.server_id, line)
-            return
-        for item in message if isinstance(message, list) else (message,):
-            self._dispatch(item)
 
     async def _reap(self, detail: str) -> None:
         """The process's stdout ended: wait for its exit (or make it), and close what it leaves."""

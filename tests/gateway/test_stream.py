@@ -15,7 +15,7 @@ pytestmark = pytest.mark.fast
 
 
 def test_a_stream_keeps_at_most_its_limit_but_always_one_event() -> None:
-    stream = EventStream(limit=10)
+    stream = EventStream(limit=10, kind="GET")
     assert stream.put(b"x" * 50)  # one event always fits, however large
     assert not stream.put(b"y") and stream.overflowed
     assert stream.put(b"z" * 50, force=True)  # what must go out (a POST's answer) goes past the bound
@@ -23,7 +23,7 @@ def test_a_stream_keeps_at_most_its_limit_but_always_one_event() -> None:
 
 def test_get_returns_queued_events_then_none_once_closed() -> None:
     async def scenario() -> list[bytes | None]:
-        stream = EventStream(limit=100)
+        stream = EventStream(limit=100, kind="GET")
         stream.put(b"a")
         stream.put(b"b")
         stream.close()
@@ -34,7 +34,7 @@ def test_get_returns_queued_events_then_none_once_closed() -> None:
 
 def test_close_with_drop_ends_at_once() -> None:
     async def scenario() -> bytes | None:
-        stream = EventStream(limit=100)
+        stream = EventStream(limit=100, kind="GET")
         stream.put(b"a")
         stream.close(drop=True)
         return await stream.get()
