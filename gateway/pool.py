@@ -75,23 +75,18 @@ class _PooledServer:
         return sum(len(keyed) for keyed in self.by_key.values()) + self.creating
 
     @property
-    def single(self) -> bool:
-        """The server has one session (a stdio server's process), shared by every caller."""
-        return self.runtime.single_session
-
-    @property
     def per_key(self) -> int:
-        """Sessions one key may have: a server with one session has one."""
-        return 1 if self.single else self.config.max_sessions_per_key
+        """Sessions one key may have: a server with a single session (a stdio process) has one."""
+        return 1 if self.runtime.single_session else self.config.max_sessions_per_key
 
-    @property
+    @functools.cached_property
     def slots(self) -> int:
-        """Concurrent requests the server's shared sessions can carry, all callers together."""
+        """Concurrent requests the server's shared sessions carry, all callers together."""
         return self.per_key * self.config.max_requests_per_session
 
     @functools.cached_property
     def share(self) -> int:
-        """Concurrent requests one caller may have on the server's shared sessions."""
+        """Concurrent requests one caller may have on them."""
         return self.config.max_requests_per_identity or fair_share(self.slots, self.identities)
 
 
@@ -110,7 +105,7 @@ class SessionPool:
         runtime.stop_listeners.append(self.server_stopped)
 
     def _key(self, server: _PooledServer, identity: str) -> str:
-        return SHARED if server.config.share_sessions or server.single else identity
+        return SHARED if server.config.share_sessions or server.runtime.single_session else identity
 
     # -- acquire and release --------------------------------------------------------------------
 
@@ -232,7 +227,7 @@ class SessionPool:
         """
         if pooled.session.closed:
             return EvictionReason.UPSTREAM_CLOSED
-        if server.single:
+        if server.runtime.single_session:
             return None
         ttl, idle_ttl = server.config.ttl, server.config.idle_ttl
         if ttl and now - pooled.created > ttl:
@@ -379,7 +374,7 @@ class SessionPool:
         """Evict sessions past their TTL or idle past `idle_ttl` (stdio idleness is the server's idle_timeout)."""
         now = self.clock()
         for server in self._servers.values():
-            if server.single:
+            if server.runtime.single_session:
                 continue  # a single session ends with its server (a process); its runtime reports why
             for pooled in [pooled for keyed in server.by_key.values() for pooled in keyed]:
                 if expired := self._expiry(server, pooled, now):
