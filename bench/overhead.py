@@ -2,7 +2,9 @@
 
 In one run, side by side: the official MCP client calling an SDK-built upstream directly, and the
 same client calling it through a real `mcp-gateway` process, for a streamable-HTTP upstream and a
-stdio upstream. Prints a table and writes JSON (default `bench/results/overhead.json`).
+stdio upstream; with the client on the 2025 handshake (`http`, `stdio` arms) and pinned to MCP
+2026-07-28 (`http26`, `stdio26`). The upstreams serve both eras, and the gateway speaks 2026-07-28
+to them. Prints a table and writes JSON (default `bench/results/overhead.json`).
 
     .venv/bin/python bench/overhead.py            # full run (a few minutes)
     .venv/bin/python bench/overhead.py --smoke    # seconds; what the test suite runs
@@ -25,13 +27,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import httpx2
 import psutil
 import yaml
-from mcp import ClientSession
+from mcp import Client, ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -42,6 +44,7 @@ from tests.support import processes  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
 
 PY = sys.executable
+DEMO = StdioServerParameters(command=PY, args=["-m", "gateway.demo_server"], cwd=str(REPO))
 
 
 def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
@@ -118,12 +121,18 @@ class Result:
     latencies: list[float] = field(default_factory=list, repr=False)
 
 
-Connect = Callable[[], AbstractAsyncContextManager[ClientSession]]
+class Caller(Protocol):
+    """What an arm calls: a 2025 `ClientSession` or a 2026 `Client`."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> Any: ...
+
+
+Connect = Callable[[], AbstractAsyncContextManager[Caller]]
 
 
 def http_connect(url: str) -> Connect:
     @asynccontextmanager
-    async def connect() -> AsyncIterator[ClientSession]:
+    async def connect() -> AsyncIterator[Caller]:
         client = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=120.0))
         async with (
             client,
@@ -136,11 +145,27 @@ def http_connect(url: str) -> Connect:
     return connect
 
 
-def stdio_connect() -> Connect:
-    params = StdioServerParameters(command=PY, args=["-m", "gateway.demo_server"], cwd=str(REPO))
+def modern_connect(target: str | StdioServerParameters) -> Connect:
+    """The SDK's `Client` pinned to MCP 2026-07-28: one self-contained POST (or stdio line) per call."""
 
     @asynccontextmanager
-    async def connect() -> AsyncIterator[ClientSession]:
+    async def connect() -> AsyncIterator[Caller]:
+        if isinstance(target, str):
+            http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=120.0))
+            async with http, Client(streamable_http_client(target, http_client=http), mode="2026-07-28") as client:
+                yield client
+        else:
+            async with Client(target, mode="2026-07-28") as client:
+                yield client
+
+    return connect
+
+
+def stdio_connect() -> Connect:
+    params = DEMO
+
+    @asynccontextmanager
+    async def connect() -> AsyncIterator[Caller]:
         async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             yield session
@@ -205,6 +230,11 @@ async def bench(calls: int, concurrencies: list[int], rounds: int, baseline: Pat
         ("stdio direct", stdio_connect(), "echo", None),
         ("stdio via gateway", http_connect(f"{base}/servers/demo/mcp"), "echo", gateway.pid),
         ("stdio via gw/asyncio", http_connect(f"{stdlib_base}/servers/demo/mcp"), "echo", stdlib.pid),
+        # MCP 2026-07-28 end to end: the client pinned to it; the servers (dual-era) are spoken to in it too.
+        ("http26 direct", modern_connect(upstream_url), "echo", None),
+        ("http26 via gateway", modern_connect(f"{base}/servers/remote/mcp"), "echo", gateway.pid),
+        ("stdio26 direct", modern_connect(DEMO), "echo", None),
+        ("stdio26 via gateway", modern_connect(f"{base}/servers/demo/mcp"), "echo", gateway.pid),
     ]
     if baseline is not None:  # another commit's gateway, beside this one: before and after in one run
         old, old_base = start_gateway(servers, workdir, repo=baseline)

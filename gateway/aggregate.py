@@ -14,13 +14,13 @@ import base64
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from gateway import __version__
+from gateway import __version__, modern
 from gateway.errors import GatewayError, InvalidParams, MethodNotFound, NotFound, ResourceNotFound
 from gateway.events import Observer, Omission, RequestRecord
 from gateway.forward import Forwarder
@@ -31,6 +31,7 @@ from gateway.upstream.base import ClientChannel
 
 log = logging.getLogger(__name__)
 
+GATEWAY_INFO = {"name": "mcp-gateway", "version": __version__}
 SEPARATOR = "__"  # server ids cannot contain "_", so the first "__" splits unambiguously
 
 # list method -> (result key, whether item names are namespaced)
@@ -98,26 +99,37 @@ class Aggregator:
         results = await self._each_server(
             session, lambda runtime: self.forwarder.initialize_result(runtime, session.identity)
         )
-        capabilities: dict[str, Any] = {}
-        for result in results.values():
-            offered = result.get("capabilities")
-            for name, value in (offered if isinstance(offered, dict) else {}).items():
-                if name in ("tools", "prompts", "resources"):
-                    merged = capabilities.setdefault(name, {})
-                    merged["listChanged"] = True
-                    if name == "resources" and isinstance(value, dict) and value.get("subscribe"):
-                        merged["subscribe"] = True
-                elif name in ("logging", "completions"):
-                    capabilities[name] = {}
-        for name in ("tools", "prompts", "resources"):
-            capabilities.setdefault(name, {"listChanged": True})
-        servers = ", ".join(sorted(self.servers))
         return {
             "protocolVersion": session.protocol_version,
-            "capabilities": capabilities,
-            "serverInfo": {"name": "mcp-gateway", "version": __version__},
-            "instructions": f"Tools and prompts of these servers, named {{server}}{SEPARATOR}{{name}}: {servers}.",
+            "capabilities": merge_capabilities(results.values()),
+            "serverInfo": GATEWAY_INFO,
+            "instructions": self._instructions(),
         }
+
+    async def discover(self, session: DownstreamSession, message: Message) -> Message:
+        """`server/discover` on /mcp: the gateway's versions, the union of the servers' capabilities."""
+        started = time.perf_counter()
+        results = await self._each_server(
+            session, lambda runtime: self.forwarder.initialize_result(runtime, session.identity)
+        )
+        discovered = modern.discover_result({"capabilities": merge_capabilities(results.values())})
+        discovered["instructions"] = self._instructions()
+        self._answered(session, message, started, None)
+        return result_response(message["id"], discovered)
+
+    def input_schema(self, message: Message) -> Any:
+        try:
+            runtime, params = self.route("tools/call", message.get("params") or {})
+        except GatewayError:
+            return None  # the call itself says what is wrong with the name
+        return self.forwarder.input_schema(runtime.id, params["name"])
+
+    def server_info(self, response: Message) -> Any:
+        return GATEWAY_INFO
+
+    def _instructions(self) -> str:
+        servers = ", ".join(sorted(self.servers))
+        return f"Tools and prompts of these servers, named {{server}}{SEPARATOR}{{name}}: {servers}."
 
     async def request(self, session: DownstreamSession, message: Message, channel: ClientChannel) -> Message:
         method = message["method"]
@@ -311,6 +323,30 @@ class Aggregator:
 
         await self._each_server(session, one)
         return result_response(message["id"], {})
+
+
+def merge_capabilities(results: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The capabilities /mcp offers: lists that may change, and what any server offers beyond them.
+
+    Extensions and experimental features are kept, merged by name (the first server's settings win).
+    """
+    capabilities: dict[str, Any] = {}
+    for result in results:
+        offered = result.get("capabilities")
+        for name, value in (offered if isinstance(offered, dict) else {}).items():
+            if name in ("tools", "prompts", "resources"):
+                merged = capabilities.setdefault(name, {})
+                merged["listChanged"] = True
+                if name == "resources" and isinstance(value, dict) and value.get("subscribe"):
+                    merged["subscribe"] = True
+            elif name in ("logging", "completions"):
+                capabilities[name] = {}
+            elif name in ("extensions", "experimental") and isinstance(value, dict):
+                for key, settings in value.items():
+                    capabilities.setdefault(name, {}).setdefault(key, settings)
+    for name in ("tools", "prompts", "resources"):
+        capabilities.setdefault(name, {"listChanged": True})
+    return capabilities
 
 
 def encode_cursor(offset: int) -> str:

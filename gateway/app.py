@@ -29,6 +29,7 @@ from gateway.events import EvictionReason, NullObserver, Observer, Rejection, St
 from gateway.forward import Forwarder, ServerProxy
 from gateway.guard import Guard
 from gateway.lifecycle import Lifecycle
+from gateway.mrtr import StateSealer
 from gateway.observability import GatewayFleet, Telemetry
 from gateway.pool import SessionPool
 from gateway.protocol import Message
@@ -67,7 +68,8 @@ class Gateway:
         self.auth = Auth(self.settings.auth.tokens)
         self.readiness = Readiness()
         self.edge = Edge(self.auth, self.sessions, self.observer, self.readiness, limits.max_body_bytes)
-        self.forwarder = Forwarder(self.pool, self.observer)
+        state_key = self.settings.state_key
+        self.forwarder = Forwarder(self.pool, self.observer, StateSealer(state_key.encode() if state_key else None))
         self.aggregator = Aggregator(
             self.lifecycle.servers,
             self.forwarder,

@@ -69,6 +69,10 @@ class _ServerBase(_Model):
     idle_timeout: float = Field(0.0, ge=0, description="stop an idle stdio server after this many seconds; 0 = never")
     request_timeout: float = Field(60.0, gt=0)
     start_timeout: float = Field(30.0, gt=0, description="seconds to spawn and answer initialize")
+    # Which MCP era to speak with the server: "auto" probes server/discover at each start and speaks
+    # 2026-07-28 when the server offers it; "2025" always uses the initialize handshake (and sessions);
+    # "2026" requires the server to answer server/discover.
+    protocol: Literal["auto", "2025", "2026"] = "auto"
     restart: RestartPolicy = RestartPolicy()
     pool: PoolConfig = PoolConfig()
 
@@ -184,6 +188,12 @@ class GatewaySettings(_Model):
     allowed_hosts: list[str] | None = Field(
         None,
         description="Host header values accepted (any port); default: loopback names when bound to loopback, else any",
+    )
+    state_key: str | None = Field(
+        None,
+        min_length=16,
+        description="secret that seals the requestState of input-required answers; replicas that share it accept "
+        "each other's (default: a random key per process, so a retry must come back to the same replica)",
     )
 
     @property

@@ -35,7 +35,11 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 CONNECTION_CLOSED = -32000
 REQUEST_TIMEOUT = -32001
-RESOURCE_NOT_FOUND = -32002
+RESOURCE_NOT_FOUND = -32002  # 2025 only: 2026-07-28 says -32602
+# MCP 2026-07-28
+HEADER_MISMATCH = -32020
+MISSING_CAPABILITY = -32021
+UNSUPPORTED_VERSION = -32022
 
 
 class GatewayError(Exception):
@@ -77,6 +81,22 @@ class InvalidParams(GatewayError):
     code, error_type, http_status = INVALID_PARAMS, ErrorType.PROTOCOL, 200
 
 
+class HeaderMismatch(GatewayError):
+    """A 2026 request whose MCP-Protocol-Version, Mcp-Method, Mcp-Name or Mcp-Param-* header disagrees with its body."""
+
+    code, error_type, http_status = HEADER_MISMATCH, ErrorType.PROTOCOL, 400
+    transport_level = True
+    rejection = "header_mismatch"
+
+
+class UnsupportedVersion(GatewayError):
+    """A 2026 request for a protocol version the gateway does not serve (`data` lists the ones it does)."""
+
+    code, error_type, http_status = UNSUPPORTED_VERSION, ErrorType.PROTOCOL, 400
+    transport_level = True
+    rejection = "unsupported_version"
+
+
 class NotFound(GatewayError):
     """An unknown tool, prompt or resource named by the client."""
 
@@ -108,6 +128,12 @@ class SessionQuota(Rejected):
     http_status = 429
     transport_level = True
     rejection = "identity_sessions"
+
+
+class ClientDeclined(GatewayError):
+    """A 2025 client asked, for a 2026 server, for input (elicitation, sampling, roots) did not give it."""
+
+    code, error_type, http_status = INVALID_REQUEST, ErrorType.REJECTED, 200
 
 
 class UpstreamTimeout(GatewayError):

@@ -37,6 +37,8 @@ class Rejection(StrEnum):
     HOST = "host"  # a Host header not allowed (DNS rebinding)
     ORIGIN = "origin"  # an Origin not allowed
     CROSS_SITE = "cross_site"  # an operations request a browser could have been tricked into sending
+    HEADER_MISMATCH = "header_mismatch"  # a 2026 request whose MCP headers disagree with its body (-32020)
+    UNSUPPORTED_VERSION = "unsupported_version"  # a 2026 request for a version the gateway does not serve (-32022)
 
 
 class Omission(StrEnum):

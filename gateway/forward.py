@@ -14,13 +14,25 @@ import logging
 import time
 from typing import Any
 
-from gateway.errors import ErrorType, GatewayError, SessionExpired, UpstreamClosed, internal_error
+from gateway import modern
+from gateway.errors import (
+    ClientDeclined,
+    ErrorType,
+    GatewayError,
+    InvalidParams,
+    MethodNotFound,
+    SessionExpired,
+    UpstreamClosed,
+    UpstreamInvalid,
+    internal_error,
+)
 from gateway.events import Observer, RequestRecord
+from gateway.mrtr import MAX_ROUNDS, StateSealer, is_input_required
 from gateway.pool import SessionPool
-from gateway.protocol import Message, error_response
+from gateway.protocol import Message, error_response, result_response
 from gateway.runtime import ServerRuntime
 from gateway.sessions import DownstreamSession
-from gateway.upstream.base import ClientChannel
+from gateway.upstream.base import ClientChannel, UpstreamSession
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +49,11 @@ class _Upstream:
 class Forwarder:
     """Sends client requests to servers on pooled sessions, and reports each one's outcome."""
 
-    def __init__(self, pool: SessionPool, observer: Observer) -> None:
+    def __init__(self, pool: SessionPool, observer: Observer, sealer: StateSealer | None = None) -> None:
         self.pool = pool
         self.observer = observer
+        self.sealer = sealer or StateSealer()
+        self._schemas: dict[str, dict[str, Any]] = {}  # server id -> tool name -> input schema, as last listed
 
     async def forward(
         self, runtime: ServerRuntime, session: DownstreamSession, message: Message, channel: ClientChannel | None
@@ -50,11 +64,11 @@ class Forwarder:
         error_type: ErrorType | None = None
         upstream = _Upstream()
         try:
-            try:
-                response = await self._send(runtime, session, message, channel, upstream)
-            except SessionExpired:
-                # The upstream forgot the session and did not process the request: once more, on a new one.
-                response = await self._send(runtime, session, message, channel, upstream)
+            if runtime.discovered is not None and method in modern.REMOVED:
+                return self._removed_upstream(runtime, session, message)
+            response = await self._exchange(runtime, session, message, channel, upstream)
+            if is_input_required(response):
+                response = await self._input_required(runtime, session, message, channel, upstream, response)
             # An object, or absent beside an error: upstream sessions refuse responses of any other shape.
             result: dict[str, Any] = response.get("result") or {}
             if "error" in response:
@@ -86,6 +100,78 @@ class Forwarder:
             )
             self.observer.request_finished(record)
 
+    async def _exchange(
+        self,
+        runtime: ServerRuntime,
+        session: DownstreamSession,
+        message: Message,
+        channel: ClientChannel | None,
+        upstream: _Upstream,
+    ) -> Message:
+        try:
+            return await self._send(runtime, session, message, channel, upstream)
+        except SessionExpired:
+            # The upstream forgot the session and did not process the request: once more, on a new one.
+            return await self._send(runtime, session, message, channel, upstream)
+
+    async def _input_required(
+        self,
+        runtime: ServerRuntime,
+        session: DownstreamSession,
+        message: Message,
+        channel: ClientChannel | None,
+        upstream: _Upstream,
+        response: Message,
+    ) -> Message:
+        """A 2026 server needs input: a 2026 client gets the answer (its state sealed), a 2025 client is asked."""
+        for _ in range(MAX_ROUNDS):
+            result: dict[str, Any] = response["result"]
+            if modern.is_modern_version(session.protocol_version):
+                if isinstance(result.get("requestState"), str):
+                    sealed = self.sealer.seal(result["requestState"], session.identity, runtime.id, message["method"])
+                    response = {**response, "result": {**result, "requestState": sealed}}
+                return response
+            params = {**(message.get("params") or {}), "inputResponses": await _ask(channel, result)}
+            if "requestState" in result:
+                params["requestState"] = result["requestState"]
+            response = await self._exchange(runtime, session, {**message, "params": params}, channel, upstream)
+            if not is_input_required(response):
+                return response
+        raise GatewayError(
+            f"server {runtime.id!r} still needed input after {MAX_ROUNDS} rounds",
+            data={"server": runtime.id, "reason": "input_rounds"},
+        )
+
+    def _removed_upstream(self, runtime: ServerRuntime, session: DownstreamSession, message: Message) -> Message:
+        """A 2025 client's request of a method its 2026 server no longer has, answered as that server would mean it."""
+        method = message["method"]
+        if method == "logging/setLevel":
+            level = (message.get("params") or {}).get("level")
+            if level not in modern.LEVELS:
+                raise InvalidParams(f"Invalid params: level must be one of {', '.join(modern.LEVELS)}")
+            session.log_level = level  # sent with each of its requests from now on
+        elif method != "ping":
+            raise MethodNotFound(
+                f"Method not found: server {runtime.id!r} speaks MCP 2026-07-28, which has no {method}",
+                data={"method": method, "server": runtime.id},
+            )
+        return result_response(message["id"], {})
+
+    def _for_upstream(
+        self, runtime: ServerRuntime, upstream: UpstreamSession, session: DownstreamSession, message: Message
+    ) -> tuple[Message, dict[str, str] | None]:
+        """The request as this server's era takes it, and the HTTP headers of a 2026 one."""
+        params = message.get("params") or {}
+        if "requestState" in params and modern.is_modern_version(session.protocol_version):
+            state = self.sealer.open(params["requestState"], session.identity, runtime.id, message["method"])
+            message = {**message, "params": {**params, "requestState": state}}
+        if not upstream.modern:
+            return modern.to_legacy(message), None
+        outgoing = modern.with_envelope(message, session.capabilities, session.client_info, session.log_level)
+        if not upstream.sends_headers:
+            return outgoing, None
+        return outgoing, modern.request_headers(outgoing, self.input_schema(runtime.id, params.get("name")))
+
     async def _send(
         self,
         runtime: ServerRuntime,
@@ -99,8 +185,9 @@ class Forwarder:
         broken = False
         started = time.perf_counter()
         try:
+            outgoing, headers = self._for_upstream(runtime, pooled.session, session, message)
             return await pooled.session.request(
-                message, timeout=runtime.config.request_timeout, downstream=channel, owner=session
+                outgoing, timeout=runtime.config.request_timeout, downstream=channel, owner=session, headers=headers
             )
         except UpstreamClosed:
             broken = True
@@ -112,9 +199,46 @@ class Forwarder:
     def _report_tools(self, runtime: ServerRuntime, request: Message, result: dict[str, Any]) -> None:
         tools = result.get("tools")
         if isinstance(tools, list):
-            names = [tool["name"] for tool in tools if isinstance(tool, dict) and isinstance(tool.get("name"), str)]
+            listed = {
+                tool["name"]: tool for tool in tools if isinstance(tool, dict) and isinstance(tool.get("name"), str)
+            }
             first_page = not (request.get("params") or {}).get("cursor")
-            self.observer.tools_listed(runtime.id, names, first_page)
+            schemas = self._schemas.setdefault(runtime.id, {})
+            if first_page:
+                schemas.clear()
+            schemas.update((name, tool.get("inputSchema")) for name, tool in listed.items())
+            self.observer.tools_listed(runtime.id, list(listed), first_page)
+
+    def input_schema(self, server_id: str, tool: Any) -> Any:
+        """The input schema a server last listed for `tool`; None when it listed none (or no such tool)."""
+        return self._schemas.get(server_id, {}).get(tool)
+
+    async def discover(self, runtime: ServerRuntime, session: DownstreamSession, message: Message) -> Message:
+        """`server/discover` for a 2026 client: the server's own answer, or one made of its 2025 `initialize` answer."""
+        started = time.perf_counter()
+        error_type: ErrorType | None = None
+        try:
+            initialized = await self.initialize_result(runtime, session.identity)
+            discovered = runtime.discovered
+            if discovered is None:  # a 2025 server: what it said at initialize
+                return result_response(message["id"], modern.discover_result(initialized))
+            capabilities = modern.modern_capabilities(discovered.get("capabilities"))
+            return result_response(message["id"], {**discovered, "capabilities": capabilities})
+        except GatewayError as exc:
+            error_type = exc.error_type
+            return error_response(message["id"], exc.to_error())
+        finally:
+            record = RequestRecord(
+                server_id=runtime.id,
+                method="server/discover",
+                target=None,
+                duration=time.perf_counter() - started,
+                error_type=error_type,
+                upstream_duration=None,
+                protocol_version=session.protocol_version,
+                upstream_transport=runtime.transport,
+            )
+            self.observer.request_finished(record)
 
     async def notify(self, runtime: ServerRuntime, session: DownstreamSession, message: Message) -> None:
         """Relay a client notification; `notifications/cancelled` is matched to its in-flight request."""
@@ -145,6 +269,24 @@ class Forwarder:
         return pooled.session.initialize_result
 
 
+async def _ask(channel: ClientChannel | None, result: dict[str, Any]) -> dict[str, Any]:
+    """Ask a 2025 client, as server-to-client requests on its call's stream, for what a 2026 server needs."""
+    wanted = result.get("inputRequests")
+    answers: dict[str, Any] = {}
+    for key, request in (wanted if isinstance(wanted, dict) else {}).items():
+        if channel is None or not isinstance(request, dict) or not isinstance(request.get("method"), str):
+            raise UpstreamInvalid(f"an input request the gateway cannot ask a client: {key!r}", data={"key": key})
+        params = request.get("params")
+        answer = await channel.request(
+            {"jsonrpc": "2.0", "id": key, "method": request["method"], "params": params or {}}
+        )
+        if "error" in answer or not isinstance(answer.get("result"), dict):
+            error = answer.get("error") or {}
+            raise ClientDeclined(f"the client did not answer {request['method']}: {error.get('message', 'no result')}")
+        answers[key] = answer["result"]
+    return answers
+
+
 def named_target(message: Message) -> str | None:
     """The tool or prompt a request names, if any."""
     if message["method"] in ("tools/call", "prompts/get"):
@@ -170,3 +312,12 @@ class ServerProxy:
 
     async def notification(self, session: DownstreamSession, message: Message) -> None:
         await self.forwarder.notify(self.runtime, session, message)
+
+    async def discover(self, session: DownstreamSession, message: Message) -> Message:
+        return await self.forwarder.discover(self.runtime, session, message)
+
+    def input_schema(self, message: Message) -> Any:
+        return self.forwarder.input_schema(self.runtime.id, (message.get("params") or {}).get("name"))
+
+    def server_info(self, response: Message) -> Any:
+        return self.runtime.initialize_result.get("serverInfo")

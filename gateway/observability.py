@@ -86,7 +86,12 @@ class GatewayFleet:
     def server_samples(self) -> Iterable[ServerSample]:
         return [
             ServerSample(
-                runtime.id, runtime.state is ServerState.RUNNING, runtime.pid, runtime.uptime(), runtime.in_flight
+                runtime.id,
+                runtime.state is ServerState.RUNNING,
+                runtime.pid,
+                runtime.uptime(),
+                runtime.in_flight,
+                runtime.initialize_result.get("protocolVersion"),
             )
             for runtime in list(self.servers.values())
         ]

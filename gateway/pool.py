@@ -30,6 +30,7 @@ from gateway.breaker import Breaker
 from gateway.config import PoolConfig, fair_share
 from gateway.errors import CircuitOpen, GatewayError, IdentityShare, PoolExhausted
 from gateway.events import EvictionReason, Observer, PoolEvent, StopReason, eviction_for_stop
+from gateway.modern import health_check
 from gateway.runtime import ServerRuntime
 from gateway.upstream.base import UpstreamSession
 
@@ -244,8 +245,9 @@ class SessionPool:
         """Ping a session that sat idle; a failure evicts it and counts against the breaker."""
         pooled.in_use += 1  # nobody else takes it while it is being checked
         try:
-            ping = {"jsonrpc": "2.0", "id": "health", "method": "ping"}
-            response = await pooled.session.request(ping, timeout=server.config.health_check_timeout)
+            session = pooled.session
+            check, headers = health_check(session.modern)
+            response = await session.request(check, timeout=server.config.health_check_timeout, headers=headers)
             ok = "result" in response
         except GatewayError:
             ok = False

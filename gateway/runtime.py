@@ -76,6 +76,7 @@ class ServerRuntime(ABC):
         self.last_exit_reason: str | None = None
         self.last_error: str | None = None
         self.initialize_result: dict[str, Any] = {}
+        self.discovered: dict[str, Any] | None = None  # its server/discover answer this start, if it speaks 2026
         self.in_flight = 0
         self.last_used = clock()
         self.stop_listeners: list[Callable[[str, StopReason], None]] = []
@@ -127,7 +128,7 @@ class ServerRuntime(ABC):
         self._on_notification(self.id, session.identity, message)
 
     def on_closed(self, session: UpstreamSession, reason: str, detail: str) -> None:
-        if session.initialize_result:  # it was a session: it lived from initialize until now
+        if session.initialize_result and not session.modern:  # a session: it lived from initialize until now
             age = time.monotonic() - session.created
             self.observer.session_closed("client", age, session.protocol_version, self.transport)
 
@@ -244,6 +245,7 @@ class ServerRuntime(ABC):
             "last_exit_reason": self.last_exit_reason,
             "last_error": self.last_error,
             "server_info": info or None,
+            "protocol_version": self.initialize_result.get("protocolVersion"),  # what the gateway speaks with it
         }
 
 
@@ -332,6 +334,7 @@ class StdioRuntime(ServerRuntime):
                     data={"server": self.id, "reason": "start_failed", "detail": exc.message},
                 ) from None
             self.initialize_result = process.initialize_result
+            self.discovered = process.discover_result if process.modern else None
             await self._discover_tools(process)
             self._set_running(self.clock() - started)
             return process
@@ -397,7 +400,8 @@ class HttpRuntime(ServerRuntime):
         started = self.clock()
         session = HttpSession(self.id, self.config, self._http, self, max_message_bytes=self.max_message_bytes)
         try:
-            await session.start(self.config.start_timeout)
+            # A server is probed once per start: later sessions reuse what it answered.
+            await session.start(self.config.start_timeout, None if first else self.discovered)
         except GatewayError as exc:
             self._start_failed(exc)
             raise UpstreamUnavailable(
@@ -405,6 +409,7 @@ class HttpRuntime(ServerRuntime):
             ) from None
         self.initialize_result = session.initialize_result
         if first:
+            self.discovered = session.discover_result if session.modern else None
             await self._discover_tools(session)
             self._set_running(self.clock() - started)
         return session

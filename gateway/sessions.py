@@ -43,6 +43,8 @@ class DownstreamSession:
         self.identity = identity
         self.protocol_version = protocol_version
         self.capabilities: dict[str, Any] = {}
+        self.client_info: Any = None  # what the client said it is (initialize, or a 2026 request's envelope)
+        self.log_level: str | None = None  # the level of its last logging/setLevel; a 2026 request carries its own
         self.created = self.last_used = time.monotonic()
         self.stream: EventStream | None = None  # the GET stream, while one is open
         self.stream_buffer = stream_buffer

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway import modern
 from gateway.auth import Auth
-from gateway.errors import GatewayError, InvalidRequest, ShuttingDown, TooDeep, UpstreamInvalid
+from gateway.errors import GatewayError, InvalidRequest, ShuttingDown
 from gateway.events import Observer, Rejection, RequestRecord
-from gateway.headers import media_quality
 from gateway.protocol import (
     HEADER_REQUIRED_SINCE,
     SUPPORTED_VERSIONS,
@@ -29,18 +28,18 @@ from gateway.protocol import (
     dumps,
     error_response,
     is_request,
+    is_valid_id,
     loads,
     negotiate,
 )
+from gateway.replies import SSE, ModernChannel, PostChannel, acceptable, read_body
 from gateway.responses import JSON, HttpError, Receive, Scope, Send, send_body, send_http_error
 from gateway.sessions import DownstreamSession, SessionStore
-from gateway.stream import EventStream, sse_frame
 from gateway.upstream.base import ClientChannel
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 15.0
-_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
 class McpHandler(Protocol):
@@ -55,103 +54,15 @@ class McpHandler(Protocol):
 
     async def notification(self, session: DownstreamSession, message: Message) -> None: ...
 
+    async def discover(self, session: DownstreamSession, message: Message) -> Message: ...
 
-def encode_response(response: Message) -> bytes:
-    """A response as JSON; an upstream answer nested too deeply to be written becomes an error saying so."""
-    try:
-        return dumps(response)
-    except TooDeep:
-        error = UpstreamInvalid("the server's answer is nested too deeply to be passed on", data={"reason": "too_deep"})
-        return dumps(error_response(response.get("id"), error.to_error()))
+    def input_schema(self, message: Message) -> Any:
+        """The input schema of the tool a tools/call names, when known; None otherwise."""
+        ...
 
-
-def _acceptable(headers: dict[bytes, bytes]) -> tuple[bool, bool]:
-    """Whether the client takes a JSON reply, and an SSE one; 406 when it takes neither."""
-    json_ok, sse_ok = _reply_kinds(headers.get(b"accept"))
-    if not json_ok and not sse_ok:
-        raise HttpError(406, "Not Acceptable: Accept must include application/json and text/event-stream")
-    return json_ok, sse_ok
-
-
-@functools.lru_cache(maxsize=256)  # a client sends the same Accept on every request: parse it once
-def _reply_kinds(accept: bytes | None) -> tuple[bool, bool]:
-    value = accept.decode("latin-1") if accept is not None else None
-    return media_quality(value, "application/json") > 0, media_quality(value, "text/event-stream") > 0
-
-
-async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    """The request body, refused with 413 before it is read whole when it is over `limit`."""
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HttpError(
-            413,
-            f"request body of {int(declared)} bytes is over the limit of {limit} bytes",
-            rejection=Rejection.BODY_TOO_LARGE,
-        )
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        event = await receive()
-        if event["type"] == "http.disconnect":
-            raise HttpError(400, "client disconnected before sending the whole body")
-        chunk = event.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"request body is over the limit of {limit} bytes", rejection=Rejection.BODY_TOO_LARGE)
-        chunks.append(chunk)
-        if not event.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-class PostChannel:
-    """The reply to one POSTed request, as a `ClientChannel` for the upstream's related messages.
-
-    Related messages switch the reply to an SSE stream, bounded like every client stream: what does
-    not fit while the client is not reading is dropped (notifications) or refused (server requests),
-    and the response itself always goes through.
-    """
-
-    def __init__(
-        self, session: DownstreamSession, send: Send, json_ok: bool, sse_ok: bool, on_overflow: Callable[[], None]
-    ) -> None:
-        self.session = session
-        self._send = send
-        self._json_ok = json_ok
-        self._sse_ok = sse_ok
-        self._on_overflow = on_overflow
-        self._stream: EventStream | None = None
-        self._writer: asyncio.Task[None] | None = None
-
-    def notify(self, message: Message) -> bool:
-        if not self._sse_ok:
-            return self.session.notify(message)  # the GET stream, if the client opened one
-        return self._start_stream().send(message)
-
-    async def request(self, message: Message) -> Message:
-        return await self.session.relay(message, self.notify if self._sse_ok else None)
-
-    def _start_stream(self) -> EventStream:
-        if self._stream is None:
-            self._stream = EventStream(self.session.stream_buffer, "reply", self._on_overflow)
-            self._writer = asyncio.create_task(self._write(self._stream))
-        return self._stream
-
-    async def _write(self, stream: EventStream) -> None:
-        await self._send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        while (event := await stream.get()) is not None:
-            await self._send({"type": "http.response.body", "body": event, "more_body": True})
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def finish(self, response: Message) -> None:
-        body = encode_response(response)
-        if self._stream is None and self._json_ok:
-            await send_body(self._send, 200, body, JSON)
-            return
-        stream = self._start_stream()
-        stream.put(sse_frame(body), force=True)
-        stream.close()
-        assert self._writer is not None
-        await self._writer
+    def server_info(self, response: Message) -> Any:
+        """The `serverInfo` of whoever answered `response`."""
+        ...
 
 
 @dataclass(slots=True)
@@ -216,6 +127,9 @@ class McpEndpoint:
         method = exchange.scope["method"]
         if method == "POST":
             await self._post(exchange)
+        elif method in ("GET", "DELETE") and b"mcp-session-id" not in exchange.headers:
+            # Only a 2025 session has a GET stream to open or an end to DELETE; 2026 has neither.
+            raise HttpError(405, f"{method} is for 2025 sessions: send Mcp-Session-Id", headers=[(b"allow", b"POST")])
         elif method == "GET":
             session = self._session(exchange)
             if self.edge.readiness.draining:
@@ -250,22 +164,31 @@ class McpEndpoint:
 
     async def _post(self, exchange: Exchange) -> None:
         """A POSTed message: read and checked, then answered as a request, a notification or a response."""
-        json_ok, sse_ok = _acceptable(exchange.headers)
+        json_ok, sse_ok = acceptable(exchange.headers)
         body = await read_body(exchange.receive, exchange.headers, self.edge.max_body_bytes)
         request_id: Any = None
+        modern_era = False
         try:
-            message = self._message(body)
-            request_id = message.get("id")
+            parsed = loads(body)
+            request_id = readable_id(parsed)  # every error below answers the request's id
+            modern_era = modern.is_modern(exchange.headers, parsed)
+            message = self._message(parsed)
+            if modern_era:
+                await self._modern(exchange, message, json_ok, sse_ok)
+                return
             if message.get("method") == "initialize":
                 await self._initialize(exchange, message)
                 return
             session = self._session(exchange)
+        except HttpError as exc:
+            exc.request_id = request_id
+            raise
         except GatewayError as exc:
             if exc.rejection is not None:
                 self.edge.observer.rejected(exchange.server_id, exc.rejection)
-            # Faults of the HTTP exchange itself get their status; the rest is a JSON-RPC error in a 200.
-            status = exc.http_status if exc.transport_level else 200
-            await send_body(exchange.send, status, dumps(error_response(request_id, exc.to_error())), JSON)
+            await send_body(
+                exchange.send, _status(exc, modern_era), dumps(error_response(request_id, exc.to_error())), JSON
+            )
             return
         if not is_request(message):
             if "method" in message:
@@ -283,9 +206,8 @@ class McpEndpoint:
         response = await exchange.handler.request(session, message, channel)
         await channel.finish(response)
 
-    def _message(self, body: bytes) -> Message:
+    def _message(self, parsed: Any) -> Message:
         """The one JSON-RPC message a POST carries; raises the error that says what is wrong with it."""
-        parsed = loads(body)
         if isinstance(parsed, list):
             raise InvalidRequest("Invalid Request: JSON-RPC batches are not supported; send one message per POST")
         message = check_message(parsed)
@@ -294,6 +216,47 @@ class McpEndpoint:
         if message.get("method") == "initialize" and "id" not in message:
             raise InvalidRequest("Invalid Request: initialize must be a request with an id")
         return message
+
+    async def _modern(self, exchange: Exchange, message: Message, json_ok: bool, sse_ok: bool) -> None:
+        """A POST of the 2026 revision: one self-contained request, answered on its own (see `gateway.modern`)."""
+        if not is_request(message):
+            if "method" not in message:
+                raise InvalidRequest("Invalid Request: a client of MCP 2026-07-28 sends no responses")
+            modern.check_notification(exchange.headers)
+            await send_body(exchange.send, 202, b"", [])  # nothing for a client notification to act on over HTTP
+            return
+        handler, method = exchange.handler, message["method"]
+        started = time.perf_counter()
+        try:
+            envelope = modern.check_request(message, exchange.headers)
+            modern.check_method(method)
+            if method == "tools/call":
+                modern.check_param_headers(handler.input_schema(message), message, exchange.headers)
+        except GatewayError as exc:
+            self.edge.observer.request_finished(
+                _unanswered(exchange, method, time.perf_counter() - started, exc.error_type)
+            )
+            raise
+        session = DownstreamSession("", exchange.server_id, exchange.identity, envelope.version, 0)
+        session.capabilities = envelope.capabilities
+        session.client_info = envelope.client_info
+        if method == "server/discover":
+            response = await handler.discover(session, message)
+            channel = PostChannel(session, exchange.send, json_ok, sse_ok, _ignore)
+        else:
+            server_id, observer = exchange.server_id, self.edge.observer
+
+            def overflowed() -> None:
+                observer.rejected(server_id, Rejection.STREAM_OVERFLOW)
+
+            session.stream_buffer = self.edge.sessions.limits.stream_buffer
+            channel = ModernChannel(envelope, session, exchange.send, json_ok, sse_ok, overflowed)
+            response = await handler.request(session, message, channel)
+        response = modern.to_modern(response, message, handler.server_info(response))
+        error = response.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        status = modern.ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
+        await channel.finish(response, status)
 
     async def _initialize(self, exchange: Exchange, message: Message) -> None:
         params = message.get("params") or {}
@@ -306,6 +269,7 @@ class McpEndpoint:
             session = sessions.create(exchange.server_id, exchange.identity, version)
             capabilities = params.get("capabilities")
             session.capabilities = capabilities if isinstance(capabilities, dict) else {}
+            session.client_info = params.get("clientInfo")
             result = await exchange.handler.initialize(session, message)
         except BaseException as exc:
             error = exc if isinstance(exc, GatewayError) else None
@@ -333,7 +297,7 @@ class McpEndpoint:
         if session.stream is not None:
             raise HttpError(409, "Conflict: this session already has an open GET stream")
         stream = session.open_stream()
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        await send({"type": "http.response.start", "status": 200, "headers": SSE})
         disconnected = asyncio.create_task(_wait_disconnect(exchange.receive))
         try:
             while not disconnected.done():
@@ -356,6 +320,37 @@ class McpEndpoint:
                 session.stream = None
             with contextlib.suppress(Exception):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def readable_id(parsed: Any) -> Any:
+    """The id of a request whose body could be read, for its error; None when there is none to read."""
+    request_id = parsed.get("id") if isinstance(parsed, dict) else None
+    return request_id if is_valid_id(request_id) else None
+
+
+def _status(error: GatewayError, modern_era: bool) -> int:
+    """The HTTP status of a JSON-RPC error: 2026 maps codes to statuses; 2025 uses one for transport faults only."""
+    if modern_era:
+        return modern.ERROR_STATUS.get(error.code, error.http_status if error.transport_level else 200)
+    return error.http_status if error.transport_level else 200
+
+
+def _unanswered(exchange: Exchange, method: str, seconds: float, error_type: str) -> RequestRecord:
+    """The record of a 2026 request refused before any server was asked."""
+    return RequestRecord(
+        server_id=exchange.server_id or "",
+        method=method,
+        target=None,
+        duration=seconds,
+        error_type=error_type,
+        upstream_duration=None,
+        protocol_version=modern.LATEST_MODERN,
+        upstream_transport=exchange.handler.transport,
+    )
+
+
+def _ignore() -> None:
+    pass
 
 
 async def _wait_disconnect(receive: Receive) -> None:

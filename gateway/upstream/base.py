@@ -14,12 +14,12 @@ import itertools
 import logging
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
-from gateway import __version__
+from gateway import __version__, modern
 from gateway.errors import (
     GatewayError,
     MethodNotFound,
@@ -27,6 +27,7 @@ from gateway.errors import (
     UpstreamInvalid,
     UpstreamTimeout,
     UpstreamTooLarge,
+    UpstreamUnavailable,
 )
 from gateway.protocol import LATEST_VERSION, Message, error_response, is_valid_id, response_problem
 from gateway.upstream.framing import Frame, Oversized
@@ -34,6 +35,7 @@ from gateway.upstream.framing import Frame, Oversized
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024  # bytes of one upstream message (limits.max_upstream_message_bytes)
+PROBE_TIMEOUT = 5.0  # seconds a server may take to answer server/discover before it is taken for a 2025 one
 CLIENT_INFO = {"name": "mcp-gateway", "version": __version__}
 # Declared upstream so servers may use them; each request is relayed to a downstream client that
 # declared the capability, or answered with an error.
@@ -68,7 +70,7 @@ class Pending:
     owner: object = None  # the client session that sent it, for cancellation
     progress_token: Any = None
     method: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] | None = None  # HTTP headers of this request alone (a 2026 request's Mcp-*)
 
 
 class UpstreamSession(ABC):
@@ -76,6 +78,8 @@ class UpstreamSession(ABC):
 
     transport: str = ""
     carried_by: str = ""  # where its messages arrive, for the log ("on stdout")
+    sends_headers = False  # each request can carry HTTP headers of its own (a 2026 request's Mcp-*)
+    cancels_by_closing = False  # a 2026 request is cancelled by abandoning its exchange, not by a notification
 
     def __init__(
         self, server_id: str, handler: UpstreamHandler | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE
@@ -86,6 +90,8 @@ class UpstreamSession(ABC):
         self.identity = ""  # whose session this is; "" when every caller shares it
         self.initialize_result: dict[str, Any] = {}
         self.protocol_version = LATEST_VERSION
+        self.modern = False  # the server speaks MCP 2026-07-28: no handshake, an envelope on every request
+        self.discover_result: dict[str, Any] = {}  # its server/discover answer, when modern
         self.closed = False
         self.close_reason = ""
         self.created = time.monotonic()
@@ -113,6 +119,52 @@ class UpstreamSession(ABC):
     def in_flight(self) -> int:
         return len(self._pending)
 
+    async def connect(self, timeout: float, protocol: str = "auto", discovered: dict[str, Any] | None = None) -> None:
+        """Learn which era the server speaks: `server/discover` first, the 2025 handshake when it is not answered.
+
+        `protocol` ("auto", "2025" or "2026") is the server's configured era; `discovered` is what it
+        answered the last probe of this start: it is used, not asked again.
+        """
+        if discovered is None and protocol != "2025":
+            discovered = await self._probe(timeout)
+        if discovered is not None:
+            self.adopt(discovered)
+        elif protocol == "2026":
+            raise UpstreamUnavailable(
+                f"server {self.server_id!r} did not answer server/discover with 2026-07-28 (configured protocol: 2026)",
+                data={"server": self.server_id, "reason": "protocol"},
+            )
+        else:
+            await self.initialize(timeout)
+
+    async def _probe(self, timeout: float) -> dict[str, Any] | None:
+        """The server's discover answer if it speaks 2026-07-28; None for a server of the 2025 revisions.
+
+        Anything but a discover answer naming 2026-07-28 means 2025 (servers of that era answer a request
+        before `initialize` with an error, or not at all); an unreachable server fails its handshake next.
+        """
+        probe = modern.envelope_request(modern.DISCOVER, CLIENT_CAPABILITIES, CLIENT_INFO)
+        try:
+            response = await self.request(
+                probe, timeout=min(timeout, PROBE_TIMEOUT), headers=modern.request_headers(probe)
+            )
+        except GatewayError as exc:
+            if self.closed:
+                raise  # it is gone (exited, unreachable): that is the start's failure, not an era
+            log.debug("server %s: no answer to server/discover (%s): the 2025 handshake", self.server_id, exc.message)
+            return None
+        result = response.get("result")
+        if isinstance(result, dict) and modern.speaks_modern(result):
+            return result
+        return None
+
+    def adopt(self, discovered: dict[str, Any]) -> None:
+        """Speak 2026-07-28 with the server that answered discover with `discovered`."""
+        self.modern = True
+        self.protocol_version = modern.LATEST_MODERN
+        self.discover_result = discovered
+        self.initialize_result = modern.as_initialize_result(discovered)
+
     async def initialize(self, timeout: float) -> None:
         """The MCP handshake, as the gateway's own client identity."""
         message: Message = {
@@ -136,17 +188,30 @@ class UpstreamSession(ABC):
         await self.notify({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     async def request(
-        self, message: Message, *, timeout: float, downstream: ClientChannel | None = None, owner: object = None
+        self,
+        message: Message,
+        *,
+        timeout: float,
+        downstream: ClientChannel | None = None,
+        owner: object = None,
+        headers: dict[str, str] | None = None,
     ) -> Message:
-        """Forward a request; return the upstream's response carrying the caller's own id again."""
+        """Forward a request; return the upstream's response carrying the caller's own id again.
+
+        `headers` go with this request alone, over HTTP (a 2026 request's `Mcp-*` headers).
+        """
         if self.closed:
             raise UpstreamClosed(
                 f"server {self.server_id!r} is not connected ({self.close_reason or 'closed'})",
                 data={"server": self.server_id, "reason": self.close_reason or "closed"},
             )
+        if self.modern:  # the gateway's own requests (tool lists, checks) carry its envelope
+            message = modern.with_envelope(message, {}, CLIENT_INFO, None)
+            headers = headers if headers is not None else modern.request_headers(message)
         upstream_id = next(self._ids)
         pending = Pending(asyncio.get_running_loop().create_future(), message["id"], downstream, owner)
         pending.method = message.get("method", "")
+        pending.headers = headers
         # What goes upstream is a copy: the caller's message stays as the client sent it (for a retry).
         outgoing = {**message, "id": upstream_id}
         params = message.get("params")
@@ -198,6 +263,8 @@ class UpstreamSession(ABC):
         return False
 
     async def _cancel_upstream(self, upstream_id: int, reason: str | None) -> None:
+        if self.modern and self.cancels_by_closing:
+            return  # over HTTP, a 2026 request is cancelled by abandoning its POST, which is done
         params: dict[str, Any] = {"requestId": upstream_id}
         if reason:
             params["reason"] = reason

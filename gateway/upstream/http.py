@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -87,6 +88,8 @@ async def _ignore(response: aiohttp.ClientResponse) -> None:
 
 class HttpSession(UpstreamSession):
     transport = "streamable-http"
+    sends_headers = True
+    cancels_by_closing = True
 
     def __init__(
         self,
@@ -105,14 +108,16 @@ class HttpSession(UpstreamSession):
         self._secrets = [value for value in config.headers.values() if len(value) >= 4]
         self._listener: asyncio.Task[None] | None = None
 
-    async def start(self, timeout: float) -> None:
+    async def start(self, timeout: float, discovered: dict[str, Any] | None = None) -> None:
+        """Connected: a 2026 server needs nothing more; a 2025 session opens its GET stream."""
         try:
-            await self.initialize(timeout)
+            await self.connect(timeout, self.config.protocol, discovered)
         except UpstreamClosed as exc:
             raise UpstreamUnavailable(exc.message, data=exc.data) from None
         self._headers["MCP-Protocol-Version"] = self.protocol_version
-        self._listener = asyncio.create_task(self._listen(), name=f"{self.server_id}-get-stream")
-        self._listener.add_done_callback(self._task_done)
+        if not self.modern:
+            self._listener = asyncio.create_task(self._listen(), name=f"{self.server_id}-get-stream")
+            self._listener.add_done_callback(self._task_done)
 
     def _failure(self, what: str, reason: str = "transport") -> UpstreamClosed:
         for secret in self._secrets:  # belt and braces: an upstream may echo a header back in its error text
@@ -164,7 +169,8 @@ class HttpSession(UpstreamSession):
         async def read(response: aiohttp.ClientResponse) -> None:
             await self._read_reply(message, response, pending)
 
-        await self._exchange("POST", self._headers, read, dumps(message))
+        headers = self._headers if pending is None or pending.headers is None else {**self._headers, **pending.headers}
+        await self._exchange("POST", headers, read, dumps(message))
 
     async def _read_reply(self, message: Message, response: aiohttp.ClientResponse, pending: Pending | None) -> None:
         status = response.status

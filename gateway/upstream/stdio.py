@@ -64,7 +64,7 @@ class StdioSession(UpstreamSession):
         return self._proc.pid if self._proc is not None else None
 
     async def start(self, timeout: float) -> None:
-        """Spawn the process and complete the MCP handshake within `timeout` seconds."""
+        """Spawn the process and learn its era (see `UpstreamSession.connect`) within `timeout` seconds."""
         try:
             self._proc = await Child.spawn(
                 [self.config.command, *self.config.args],
@@ -83,7 +83,7 @@ class StdioSession(UpstreamSession):
             asyncio.create_task(self._read_stdout(), name=f"{self.server_id}-stdout"),
             asyncio.create_task(self._read_stderr(), name=f"{self.server_id}-stderr"),
         ]
-        await self.initialize(timeout)
+        await self.connect(timeout, self.config.protocol)
 
     async def _send(self, message: Message, pending: Pending | None) -> None:
         proc = self._proc

@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import yaml
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 NODE = TOOLS_BIN / "node"
 CONFORMANCE = TOOLS_BIN / "mcp-conformance"
+CONFORMANCE_2026 = TOOLS_BIN / "mcp-conformance-2026"  # 0.2.0-alpha.12, for --requirements 2026-07-28
 SERVER_EVERYTHING = TOOLS_BIN / "mcp-server-everything"
 SERVER_EVERYTHING_STDIO_ARGV = [str(SERVER_EVERYTHING), "stdio"]
 
@@ -32,7 +35,7 @@ _RESULT_DIR = re.compile(r"^server-(?P<name>.+)-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d-\
 
 
 def tools_installed() -> bool:
-    return all(p.exists() for p in (NODE, CONFORMANCE, SERVER_EVERYTHING))
+    return all(p.exists() for p in (NODE, CONFORMANCE, CONFORMANCE_2026, SERVER_EVERYTHING))
 
 
 def minimal_env(**extra: str) -> dict[str, str]:
@@ -70,7 +73,7 @@ def _collect(out_dir: Path) -> dict[str, list[Check]]:
 def run_scenarios_checks(
     url: str, scenarios: list[str] | None, workdir: Path, timeout: float = 600.0
 ) -> dict[str, list[Check]]:
-    """Run scenarios (None: every server scenario, in one CLI run) and return their checks.
+    """Run 2025-11-25 scenarios (None: every server scenario, in one CLI run) and return their checks.
 
     A scenario that left no checks.json (CLI crash, timeout) maps to []. The CLI's
     output goes to ``workdir/conformance-<n>.log``.
@@ -99,6 +102,32 @@ def run_scenarios_checks(
                 log.write(f"\n[runner] timed out after {timeout}s\n")
         results.update(_collect(out_dir))
     return {s: results.get(s, []) for s in wanted}
+
+
+def run_requirements_checks(url: str, revision: str, workdir: Path, timeout: float = 900.0) -> dict[str, list[Check]]:
+    """Run, with the 0.2 suite, every server scenario a revision requires (and those it runs unscored)."""
+    if urlsplit(url).hostname not in {"127.0.0.1", "localhost", "::1"}:
+        raise ValueError(f"refusing to run conformance against non-loopback URL {url!r}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    out_dir = workdir / "results"
+    argv = [str(CONFORMANCE_2026), "server", "--url", url, "-o", str(out_dir), "--requirements", revision]
+    with (workdir / "conformance.log").open("w") as log:
+        try:
+            subprocess.run(
+                argv, env=minimal_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            log.write(f"\n[runner] timed out after {timeout}s\n")
+    return _collect(out_dir)
+
+
+def required_server_scenarios(revision: str) -> list[str]:
+    """The server scenarios a revision requires, from the 0.2 suite's frozen requirements file."""
+    path = TOOLS_BIN.parent / "npm" / "node_modules" / "mcp-conformance-2026" / "requirements" / f"{revision}.yaml"
+    if not path.exists():
+        return []  # tools not installed: the test that uses the list fails on the missing CLI first
+    listed = yaml.safe_load(path.read_text())["server"]
+    return [name for name in listed if isinstance(name, str)]
 
 
 def scenario_passed(checks: list[Check], warnings_fail: bool = False) -> bool:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from gateway.replies import read_body
 from gateway.responses import HttpError
-from gateway.transport import read_body
 
 pytestmark = pytest.mark.fast
 

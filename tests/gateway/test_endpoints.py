@@ -45,7 +45,9 @@ async def test_per_server_endpoint_passes_through(gateway_factory: Any, http_ups
         tools = {tool.name for tool in (await session.list_tools()).tools}
         assert "whoami" in tools and "demo__echo" not in tools
         who = await session.call_tool("whoami", {})
-        assert who.structured_content is not None and who.structured_content["session_id"]
+        # The upstream offers 2026-07-28, so the gateway speaks it: no upstream session.
+        assert who.structured_content is not None and who.structured_content["protocol_version"] == "2026-07-28"
+        assert who.structured_content["session_id"] is None
     async with mcp_session(gw.url("demo")) as session:
         steps: list[float] = []
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from gateway.replies import PostChannel
 from gateway.sessions import DownstreamSession
 from gateway.stream import EventStream, sse_event
-from gateway.transport import PostChannel
 
 pytestmark = pytest.mark.fast
 

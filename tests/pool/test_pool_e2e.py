@@ -75,7 +75,7 @@ def sessions(gw: Gateway, server: str) -> dict[str, Any]:
 
 
 def remote_gateway(factory: Callable[..., Gateway], upstream: Upstream, **pool_config: Any) -> Gateway:
-    server: dict[str, Any] = {"url": upstream.url}
+    server: dict[str, Any] = {"url": upstream.url, "protocol": "2025"}
     if pool_config:
         server["pool"] = pool_config
     return factory({REMOTE: server}, AUTH)
@@ -285,7 +285,7 @@ async def _busy_while_sleeping(gw: Gateway, server: str, servers: tuple[str, ...
 
 
 async def test_pool_gauges_and_counters_agree_with_the_pool(gateway_factory: Any, http_upstream: Upstream) -> None:
-    gw = gateway_factory({REMOTE: {"url": http_upstream.url}, DEMO: demo_server()}, AUTH)
+    gw = gateway_factory({REMOTE: {"url": http_upstream.url, "protocol": "2025"}, DEMO: demo_server()}, AUTH)
     servers = (REMOTE, DEMO)
     assert _occupancy(gw, servers) == {REMOTE: (0, 0), DEMO: (0, 0)}
     with anyio.fail_after(120):
@@ -409,7 +409,11 @@ async def test_prometheus_answers_hit_rate_health_failures_and_active_sessions(
     try:
         gw = gateway_factory(
             {
-                REMOTE: {"url": upstream.url, "pool": {"health_check_interval": 0.5, "health_check_timeout": 0.5}},
+                REMOTE: {
+                    "url": upstream.url,
+                    "protocol": "2025",
+                    "pool": {"health_check_interval": 0.5, "health_check_timeout": 0.5},
+                },
                 DEMO: demo_server(),
             },
             AUTH,

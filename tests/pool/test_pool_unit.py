@@ -94,7 +94,8 @@ async def harness(server: dict[str, Any], clock: Callable[[], float] | None = No
 
 def http(upstream: Upstream | str, **pool: Any) -> dict[str, Any]:
     url = upstream if isinstance(upstream, str) else upstream.url
-    return {"url": url, "start_timeout": 10, "pool": {"health_check_interval": 0, **pool}}
+    # 2025 sessions: what these tests pool (a 2026 upstream has no session to pool, see docs/session-pool.md)
+    return {"url": url, "protocol": "2025", "start_timeout": 10, "pool": {"health_check_interval": 0, **pool}}
 
 
 def stdio(**pool: Any) -> dict[str, Any]:

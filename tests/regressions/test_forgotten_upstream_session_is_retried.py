@@ -29,7 +29,7 @@ def _forget(upstream: Upstream, session_id: str) -> None:
 
 
 async def test_the_call_runs_once_on_a_new_session(gateway_factory: Any, http_upstream: Upstream) -> None:
-    gw = gateway_factory({"remote": {"url": http_upstream.url}})
+    gw = gateway_factory({"remote": {"url": http_upstream.url, "protocol": "2025"}})  # a 2025 session to forget
     with anyio.fail_after(60):
         async with mcp_session(gw.url("remote")) as client:
             first = json.loads((await client.call_tool("whoami", {})).content[0].text)  # type: ignore[union-attr]

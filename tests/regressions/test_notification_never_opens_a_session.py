@@ -37,7 +37,7 @@ def test_notification_with_the_upstream_down_is_accepted(gateway_factory: Any) -
     upstream = start_http_upstream("--name", "remote")
     try:
         pool = {"health_check_interval": 0.5, "health_check_timeout": 0.5}
-        gw = gateway_factory({"remote": {"url": upstream.url, "pool": pool}})
+        gw = gateway_factory({"remote": {"url": upstream.url, "protocol": "2025", "pool": pool}})
         session_id = raw_initialize(gw, "/servers/remote/mcp")
         wait_for(lambda: _pooled(gw)[0]["idle_seconds"] > 0.5, what="the session to be due a health check")
         upstream.stop()
@@ -54,7 +54,7 @@ async def test_notification_while_every_session_is_busy_is_accepted_at_once(
     gateway_factory: Any, http_upstream: Upstream
 ) -> None:
     pool = {"max_sessions_per_key": 1, "max_requests_per_session": 1, "acquire_timeout": 60}
-    gw = gateway_factory({"remote": {"url": http_upstream.url, "pool": pool}})
+    gw = gateway_factory({"remote": {"url": http_upstream.url, "protocol": "2025", "pool": pool}})
     session_id = raw_initialize(gw, "/servers/remote/mcp")
 
     async def notify() -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -68,6 +69,8 @@ def create_server(name: str = "http-upstream") -> MCPServer:
             "headers": headers,
         }
 
+    _add_2026_tools(server)
+
     @server.prompt(description="Ask for a one-paragraph summary of a topic.")
     def summarize(topic: str) -> str:
         return f"Summarize {topic} in one paragraph."
@@ -82,6 +85,21 @@ def create_server(name: str = "http-upstream") -> MCPServer:
     server.custom_route("/healthz", methods=["GET"])(healthz)
 
     return server
+
+
+def _add_2026_tools(server: MCPServer) -> None:
+    """Tools for what MCP 2026-07-28 changed: a tool argument mirrored in a header, and log lines opted into."""
+
+    @server.tool(description="Answer with the region, which clients of MCP 2026-07-28 mirror in Mcp-Param-Region.")
+    def route(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})], query: str) -> str:
+        return f"{query} in {region}"
+
+    @server.tool(description="Log one line at each of debug, info and warning, then return.")
+    async def chatty(ctx: Context) -> str:
+        await ctx.debug("a debug line")
+        await ctx.info("an info line")
+        await ctx.warning("a warning line")
+        return "logged"
 
 
 class _ReadyServer(uvicorn.Server):

@@ -1,0 +1,144 @@
+"""The reply to one POSTed request: the body read under its limit, and the answer sent as JSON or as SSE.
+
+A reply is JSON when the upstream's answer is all there is, and becomes an SSE stream as soon as a
+related message (progress, a log line, a server-to-client request) arrives first, so the common
+call costs no streaming. A 2026 request's reply (`ModernChannel`) carries what that revision allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from gateway import modern
+from gateway.errors import MethodNotFound, TooDeep, UpstreamInvalid
+from gateway.events import Rejection
+from gateway.headers import media_quality
+from gateway.protocol import Message, dumps, error_response
+from gateway.responses import JSON, HttpError, Receive, Send, send_body
+from gateway.sessions import DownstreamSession
+from gateway.stream import EventStream, sse_frame
+
+SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+def encode_response(response: Message) -> bytes:
+    """A response as JSON; an upstream answer nested too deeply to be written becomes an error saying so."""
+    try:
+        return dumps(response)
+    except TooDeep:
+        error = UpstreamInvalid("the server's answer is nested too deeply to be passed on", data={"reason": "too_deep"})
+        return dumps(error_response(response.get("id"), error.to_error()))
+
+
+def acceptable(headers: dict[bytes, bytes]) -> tuple[bool, bool]:
+    """Whether the client takes a JSON reply, and an SSE one; 406 when it takes neither."""
+    json_ok, sse_ok = _reply_kinds(headers.get(b"accept"))
+    if not json_ok and not sse_ok:
+        raise HttpError(406, "Not Acceptable: Accept must include application/json and text/event-stream")
+    return json_ok, sse_ok
+
+
+@functools.lru_cache(maxsize=256)  # a client sends the same Accept on every request: parse it once
+def _reply_kinds(accept: bytes | None) -> tuple[bool, bool]:
+    value = accept.decode("latin-1") if accept is not None else None
+    return media_quality(value, "application/json") > 0, media_quality(value, "text/event-stream") > 0
+
+
+async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    """The request body, refused with 413 before it is read whole when it is over `limit`."""
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(
+            413,
+            f"request body of {int(declared)} bytes is over the limit of {limit} bytes",
+            rejection=Rejection.BODY_TOO_LARGE,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            raise HttpError(400, "client disconnected before sending the whole body")
+        chunk = event.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, f"request body is over the limit of {limit} bytes", rejection=Rejection.BODY_TOO_LARGE)
+        chunks.append(chunk)
+        if not event.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class PostChannel:
+    """The reply to one POSTed request, as a `ClientChannel` for the upstream's related messages.
+
+    Related messages switch the reply to an SSE stream, bounded like every client stream: what does
+    not fit while the client is not reading is dropped (notifications) or refused (server requests),
+    and the response itself always goes through.
+    """
+
+    def __init__(
+        self, session: DownstreamSession, send: Send, json_ok: bool, sse_ok: bool, on_overflow: Callable[[], None]
+    ) -> None:
+        self.session = session
+        self._send = send
+        self._json_ok = json_ok
+        self._sse_ok = sse_ok
+        self._on_overflow = on_overflow
+        self._stream: EventStream | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def notify(self, message: Message) -> bool:
+        if not self._sse_ok:
+            return self.session.notify(message)  # the GET stream, if the client opened one
+        return self._start_stream().send(message)
+
+    async def request(self, message: Message) -> Message:
+        return await self.session.relay(message, self.notify if self._sse_ok else None)
+
+    def _start_stream(self) -> EventStream:
+        if self._stream is None:
+            self._stream = EventStream(self.session.stream_buffer, "reply", self._on_overflow)
+            self._writer = asyncio.create_task(self._write(self._stream))
+        return self._stream
+
+    async def _write(self, stream: EventStream) -> None:
+        await self._send({"type": "http.response.start", "status": 200, "headers": SSE})
+        while (event := await stream.get()) is not None:
+            await self._send({"type": "http.response.body", "body": event, "more_body": True})
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def finish(self, response: Message, status: int = 200) -> None:
+        """Send the response: as JSON when no stream was started (with `status`), else as the stream's last event."""
+        body = encode_response(response)
+        if self._stream is None and self._json_ok:
+            await send_body(self._send, status, body, JSON)
+            return
+        stream = self._start_stream()
+        stream.put(sse_frame(body), force=True)
+        stream.close()
+        assert self._writer is not None
+        await self._writer
+
+
+class ModernChannel(PostChannel):
+    """The reply to one 2026 request: progress, and log lines at the level it asked for; no server requests.
+
+    The 2026 revision has no server-to-client requests: a 2025 server asking one mid-call is told
+    the client cannot be asked (the input-required bridge is not built yet).
+    """
+
+    def __init__(self, envelope: modern.Envelope, *args: Any) -> None:
+        super().__init__(*args)
+        self.envelope = envelope
+
+    def notify(self, message: Message) -> bool:
+        return modern.wants_notification(message, self.envelope) and super().notify(message)
+
+    async def request(self, message: Message) -> Message:
+        method = message.get("method")
+        raise MethodNotFound(
+            f"a client of MCP 2026-07-28 cannot be sent {method} in the middle of a call", data={"method": method}
+        )
