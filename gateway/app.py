@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,12 +30,13 @@ from gateway.events import EvictionReason, NullObserver, Observer, Rejection, St
 from gateway.forward import Forwarder, ServerProxy
 from gateway.guard import Guard
 from gateway.lifecycle import Lifecycle
+from gateway.listen import Listeners
 from gateway.mrtr import StateSealer
 from gateway.observability import GatewayFleet, Telemetry
 from gateway.pool import SessionPool
 from gateway.protocol import Message
 from gateway.responses import HttpError, Scope
-from gateway.runtime import ServerRuntime
+from gateway.runtime import ServerRuntime, ServerState
 from gateway.sessions import DownstreamSession, SessionLimits, SessionStore
 from gateway.transport import Edge, McpEndpoint, McpHandler, Readiness
 
@@ -67,7 +69,8 @@ class Gateway:
         )
         self.auth = Auth(self.settings.auth.tokens)
         self.readiness = Readiness()
-        self.edge = Edge(self.auth, self.sessions, self.observer, self.readiness, limits.max_body_bytes)
+        self.listeners = Listeners()
+        self.edge = Edge(self.auth, self.sessions, self.listeners, self.observer, self.readiness, limits.max_body_bytes)
         state_key = self.settings.state_key
         self.forwarder = Forwarder(self.pool, self.observer, StateSealer(state_key.encode() if state_key else None))
         self.aggregator = Aggregator(
@@ -111,12 +114,14 @@ class Gateway:
         for session in self.sessions:
             if session.scope in (server_id, None) and (not identity or session.identity == identity):
                 session.notify(message)
+        self.listeners.deliver((server_id, None), identity, message)
 
     def _announce(self, identity: str, message: Message) -> None:
         """Tell one caller's /mcp sessions something the aggregate itself says (its lists changed)."""
         for session in self.sessions:
             if session.scope is None and session.identity == identity:
                 session.notify(message)
+        self.listeners.deliver((None,), identity, message)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -141,6 +146,7 @@ class Gateway:
         for session in self.sessions:
             if session.stream is not None:
                 session.close()
+        self.listeners.close_all()
         # Just before uvicorn's own drain timeout cuts connections, answer what is still in flight.
         deadline = max(0.0, self.settings.limits.drain_timeout - _DEADLINE_MARGIN)
         with contextlib.suppress(RuntimeError):  # no running loop: nothing can be in flight
@@ -208,7 +214,7 @@ class _Operations:
         self._authorize(request)
         gateway = self.gateway
         described = [
-            {**runtime.describe(), "pool": gateway.pool.describe(runtime.id)}
+            {**describe(runtime), "pool": gateway.pool.describe(runtime.id)}
             for runtime in gateway.lifecycle.servers.values()
         ]
         return JSONResponse({"gateway_id": gateway.settings.id, "servers": described})
@@ -223,8 +229,8 @@ class _Operations:
             else:
                 await self.gateway.stop_server(runtime, StopReason.MANUAL)
         except GatewayError as exc:
-            return JSONResponse({"error": exc.message, "server": runtime.describe()}, status_code=502)
-        return JSONResponse(runtime.describe())
+            return JSONResponse({"error": exc.message, "server": describe(runtime)}, status_code=502)
+        return JSONResponse(describe(runtime))
 
     async def sessions(self, request: Request) -> Response:
         """GET: the server's pooled sessions and breaker; DELETE: evict them all (reason manual)."""
@@ -273,3 +279,23 @@ def create_app(gateway: Gateway, telemetry: Telemetry | None = None) -> ASGIApp:
 def guard(app: ASGIApp, settings: GatewaySettings, observer: Observer) -> ASGIApp:
     """`app` behind the Host, Origin and cross-site checks (gateway/guard.py)."""
     return Guard(app, settings.effective_allowed_hosts(), settings.allowed_origins, observer)
+
+
+def describe(runtime: ServerRuntime) -> dict[str, Any]:
+    """One server as `/servers` shows it."""
+    info = runtime.initialize_result.get("serverInfo") or {}
+    uptime = runtime.uptime()
+    return {
+        "id": runtime.id,
+        "transport": runtime.transport,
+        "state": runtime.state,
+        "pid": runtime.pid,
+        "started_at": runtime.started_at if runtime.state is ServerState.RUNNING else None,
+        "uptime_seconds": round(uptime, 3) if uptime is not None else None,
+        "restarts": runtime.restarts,
+        "in_flight": runtime.in_flight,
+        "last_exit_reason": runtime.last_exit_reason,
+        "last_error": runtime.last_error,
+        "server_info": info or None,
+        "protocol_version": runtime.initialize_result.get("protocolVersion"),  # what the gateway speaks with it
+    }

@@ -131,6 +131,12 @@ class Observer(Protocol):
     def omitted(self, server_id: str, reason: str) -> None:
         """A server was left out of an aggregated answer on /mcp."""
 
+    def input_required(self, server_id: str, relayed: bool) -> None:
+        """A 2026 server answered input_required: relayed to a 2025 client as requests, or passed to a 2026 one."""
+
+    def listening(self, server_id: str | None, opened: bool) -> None:
+        """A 2026 client opened or closed a listen stream (on one server's endpoint, or on /mcp: None)."""
+
 
 class NullObserver:
     def request_finished(self, record: RequestRecord) -> None:
@@ -158,4 +164,10 @@ class NullObserver:
         pass
 
     def omitted(self, server_id: str, reason: str) -> None:
+        pass
+
+    def input_required(self, server_id: str, relayed: bool) -> None:
+        pass
+
+    def listening(self, server_id: str | None, opened: bool) -> None:
         pass

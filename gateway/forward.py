@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway import modern
 from gateway.errors import (
+    HEADER_MISMATCH,
     ClientDeclined,
     ErrorType,
     GatewayError,
@@ -67,6 +68,10 @@ class Forwarder:
             if runtime.discovered is not None and method in modern.REMOVED:
                 return self._removed_upstream(runtime, session, message)
             response = await self._exchange(runtime, session, message, channel, upstream)
+            if method == "tools/call" and runtime.discovered is not None and _header_mismatch(response):
+                # The server's tool marks changed since the gateway last listed them: list, then once more.
+                await self.forward(runtime, session, {"jsonrpc": "2.0", "id": "relist", "method": "tools/list"}, None)
+                response = await self._exchange(runtime, session, message, channel, upstream)
             if is_input_required(response):
                 response = await self._input_required(runtime, session, message, channel, upstream, response)
             # An object, or absent beside an error: upstream sessions refuse responses of any other shape.
@@ -76,7 +81,8 @@ class Forwarder:
             elif method == "tools/call" and result.get("isError") is True:
                 error_type = ErrorType.TOOL_ERROR
             elif method == "tools/list":
-                self._report_tools(runtime, message, result)
+                response = self._usable_tools(runtime, response)
+                self._report_tools(runtime, message, response["result"])
             return response
         except GatewayError as exc:
             error_type = exc.error_type
@@ -126,7 +132,9 @@ class Forwarder:
         """A 2026 server needs input: a 2026 client gets the answer (its state sealed), a 2025 client is asked."""
         for _ in range(MAX_ROUNDS):
             result: dict[str, Any] = response["result"]
-            if modern.is_modern_version(session.protocol_version):
+            relayed = not modern.is_modern_version(session.protocol_version)
+            self.observer.input_required(runtime.id, relayed)
+            if not relayed:
                 if isinstance(result.get("requestState"), str):
                     sealed = self.sealer.seal(result["requestState"], session.identity, runtime.id, message["method"])
                     response = {**response, "result": {**result, "requestState": sealed}}
@@ -209,6 +217,19 @@ class Forwarder:
             schemas.update((name, tool.get("inputSchema")) for name, tool in listed.items())
             self.observer.tools_listed(runtime.id, list(listed), first_page)
 
+    def _usable_tools(self, runtime: ServerRuntime, response: Message) -> Message:
+        """A 2026 HTTP server's tools, less those whose x-mcp-header marks are invalid (a client drops them)."""
+        tools = response["result"].get("tools")
+        if runtime.discovered is None or not runtime.mirrors_headers or not isinstance(tools, list):
+            return response
+        kept = [tool for tool in tools if not isinstance(tool, dict) or modern.marks_valid(tool.get("inputSchema"))]
+        for tool in tools:
+            if tool not in kept:
+                log.warning(
+                    "server %s: tool %r left out: its x-mcp-header marks are invalid", runtime.id, tool.get("name")
+                )
+        return response if len(kept) == len(tools) else {**response, "result": {**response["result"], "tools": kept}}
+
     def input_schema(self, server_id: str, tool: Any) -> Any:
         """The input schema a server last listed for `tool`; None when it listed none (or no such tool)."""
         return self._schemas.get(server_id, {}).get(tool)
@@ -267,6 +288,11 @@ class Forwarder:
         pooled = await self.pool.acquire(runtime, identity)
         self.pool.release(runtime, pooled, identity=identity)
         return pooled.session.initialize_result
+
+
+def _header_mismatch(response: Message) -> bool:
+    error = response.get("error")
+    return isinstance(error, dict) and error.get("code") == HEADER_MISMATCH
 
 
 async def _ask(channel: ClientChannel | None, result: dict[str, Any]) -> dict[str, Any]:

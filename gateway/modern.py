@@ -67,8 +67,6 @@ REMOVED: Final = frozenset(
         "notifications/roots/list_changed",
     }
 )
-# Not served yet: `subscriptions/listen` (the list-change stream), so no `listChanged`/`subscribe` is offered.
-NOT_SERVED: Final = frozenset({"subscriptions/listen"})
 # Results a client may cache: they carry `ttlMs` and `cacheScope`.
 CACHEABLE: Final = frozenset(
     {"server/discover", "tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
@@ -180,11 +178,9 @@ def check_notification(headers: Mapping[bytes, bytes]) -> None:
 
 
 def check_method(method: str) -> None:
-    """A removed method, or one the gateway does not serve in this revision, is 'not found' (HTTP 404)."""
+    """A method this revision removed is 'not found' (HTTP 404)."""
     if method in REMOVED:
         raise MethodNotFound(f"Method not found: {method} was removed in MCP 2026-07-28", data={"method": method})
-    if method in NOT_SERVED:
-        raise MethodNotFound(f"Method not found: the gateway does not serve {method} yet", data={"method": method})
 
 
 def to_legacy(message: Message) -> Message:
@@ -240,8 +236,8 @@ def _modern_error(error: dict[str, Any], method: str, uri: Any) -> dict[str, Any
 def discover_result(initialize_result: Mapping[str, Any]) -> dict[str, Any]:
     """`server/discover` for a server known by its 2025 `initialize` answer, served through the gateway.
 
-    The gateway serves the listed versions itself whatever the server speaks. `listChanged` and
-    `subscribe` are not offered: they are delivered by `subscriptions/listen`, not served yet.
+    The gateway serves the listed versions itself whatever the server speaks; list changes reach
+    2026 clients on `subscriptions/listen`.
     """
     result: dict[str, Any] = {
         "supportedVersions": list(MODERN_VERSIONS),
@@ -254,11 +250,12 @@ def discover_result(initialize_result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def modern_capabilities(capabilities: Any) -> dict[str, Any]:
-    """Server capabilities as offered to 2026 clients: extensions kept, what needs a listen stream left out."""
+    """Server capabilities as offered to 2026 clients: extensions kept; resource subscriptions, which the
+    gateway's listen streams do not carry yet, left out."""
     offered: dict[str, Any] = {}
     for name, value in (capabilities if isinstance(capabilities, dict) else {}).items():
-        if name in ("tools", "prompts", "resources") and isinstance(value, dict):
-            value = {key: flag for key, flag in value.items() if key not in ("listChanged", "subscribe")}
+        if name == "resources" and isinstance(value, dict):
+            value = {key: flag for key, flag in value.items() if key != "subscribe"}
         offered[name] = value
     return offered
 
@@ -285,6 +282,15 @@ def speaks_modern(discovered: Mapping[str, Any]) -> bool:
     """Whether a server's discover answer offers a revision the gateway speaks."""
     versions = discovered.get("supportedVersions")
     return isinstance(versions, list) and any(version in versions for version in MODERN_VERSIONS)
+
+
+def offers_modern(error: Any) -> bool:
+    """Whether an error is `-32022` naming a revision the gateway speaks among the versions the server supports."""
+    if not isinstance(error, dict) or error.get("code") != UNSUPPORTED_VERSION:
+        return False
+    data = error.get("data")
+    supported = data.get("supported") if isinstance(data, dict) else None
+    return isinstance(supported, list) and any(version in supported for version in MODERN_VERSIONS)
 
 
 def as_initialize_result(discovered: Mapping[str, Any]) -> dict[str, Any]:
@@ -348,6 +354,11 @@ def request_headers(message: Message, input_schema: Any = None) -> dict[str, str
 def usable_marks(input_schema: Any) -> bool:
     """Whether a tool's schema has `x-mcp-header` marks a client may use (an invalid one disqualifies the tool)."""
     return isinstance(input_schema, dict) and find_invalid_x_mcp_header(input_schema) is None
+
+
+def marks_valid(input_schema: Any) -> bool:
+    """Whether a tool may be offered: no `x-mcp-header` mark of its schema is invalid (a schema-less tool may)."""
+    return not isinstance(input_schema, dict) or find_invalid_x_mcp_header(input_schema) is None
 
 
 def health_check(speaks_modern: bool) -> tuple[Message, dict[str, str] | None]:

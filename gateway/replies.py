@@ -8,6 +8,7 @@ call costs no streaming. A 2026 request's reply (`ModernChannel`) carries what t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -142,3 +143,34 @@ class ModernChannel(PostChannel):
         raise MethodNotFound(
             f"a client of MCP 2026-07-28 cannot be sent {method} in the middle of a call", data={"method": method}
         )
+
+
+async def pump(stream: EventStream, send: Send, receive: Receive, keepalive: float) -> None:
+    """Write a long-lived stream (a GET stream, a listen stream) until it ends or the client goes away.
+
+    A comment line goes out after `keepalive` quiet seconds, so proxies keep the connection open.
+    """
+    await send({"type": "http.response.start", "status": 200, "headers": SSE})
+    disconnected = asyncio.create_task(_wait_disconnect(receive))
+    try:
+        while not disconnected.done():
+            getter = asyncio.ensure_future(stream.get())
+            done, _ = await asyncio.wait({getter, disconnected}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                if not done:
+                    await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+                continue
+            event = getter.result()
+            if event is None:
+                break
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+    finally:
+        disconnected.cancel()
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

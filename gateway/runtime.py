@@ -29,15 +29,20 @@ from typing import Any, ClassVar
 from gateway.config import HttpServer, StdioServer
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.events import EvictionReason, Observer, StopReason, stop_for_eviction
+from gateway.listen import untagged
 from gateway.protocol import Message
 from gateway.upstream.base import DEFAULT_MAX_MESSAGE, UpstreamSession
 from gateway.upstream.http import HttpClient, HttpSession, make_client
+from gateway.upstream.listener import UpstreamListener
 from gateway.upstream.stdio import StdioSession
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 NotificationSink = Callable[[str, str, Message], None]  # server id, identity ("" = all), message
+
+
+LISTS = ("tools", "prompts", "resources")  # the capabilities whose listChanged a listen stream carries
 
 
 class ServerState(StrEnum):
@@ -53,6 +58,7 @@ class ServerRuntime(ABC):
 
     transport: ClassVar[str]
     single_session: ClassVar[bool]  # one session (a process) carries every caller; its age is the server's
+    mirrors_headers: ClassVar[bool]  # its 2026 requests carry marked tool arguments as Mcp-Param-* headers
 
     def __init__(
         self,
@@ -77,6 +83,7 @@ class ServerRuntime(ABC):
         self.last_error: str | None = None
         self.initialize_result: dict[str, Any] = {}
         self.discovered: dict[str, Any] | None = None  # its server/discover answer this start, if it speaks 2026
+        self._listener: UpstreamListener | None = None  # its listen stream, while a 2026 server runs
         self.in_flight = 0
         self.last_used = clock()
         self.stop_listeners: list[Callable[[str, StopReason], None]] = []
@@ -125,7 +132,9 @@ class ServerRuntime(ABC):
     # -- UpstreamHandler -----------------------------------------------------------------------
 
     def on_notification(self, session: UpstreamSession, message: Message) -> None:
-        self._on_notification(self.id, session.identity, message)
+        found = untagged(message)  # a 2026 server's come on its listen stream
+        if found is not None:
+            self._on_notification(self.id, session.identity, found)
 
     def on_closed(self, session: UpstreamSession, reason: str, detail: str) -> None:
         if session.initialize_result and not session.modern:  # a session: it lived from initialize until now
@@ -173,8 +182,15 @@ class ServerRuntime(ABC):
         self.last_error = None
         log.info("server %s running (pid %s, started in %.3fs)", self.id, self.pid, start_seconds)
         self.observer.server_started(self.id, start_seconds)
+        capabilities = self.initialize_result.get("capabilities") or {}
+        if self.discovered is not None and any((capabilities.get(kind) or {}).get("listChanged") for kind in LISTS):
+            self._listener = UpstreamListener(self.id, self.open_session, self.on_notification)
+            self._listener.start()
 
     def _set_stopped(self, reason: StopReason) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
         was_running = self.state in (ServerState.RUNNING, ServerState.STOPPING)
         self.state = ServerState.STOPPED
         self.started_mono = None
@@ -230,30 +246,13 @@ class ServerRuntime(ABC):
         if self._closed:
             raise UpstreamUnavailable(f"server {self.id!r} is shutting down", data={"server": self.id})
 
-    def describe(self) -> dict[str, Any]:
-        info = self.initialize_result.get("serverInfo") or {}
-        uptime = self.uptime()
-        return {
-            "id": self.id,
-            "transport": self.transport,
-            "state": self.state,
-            "pid": self.pid,
-            "started_at": self.started_at if self.state is ServerState.RUNNING else None,
-            "uptime_seconds": round(uptime, 3) if uptime is not None else None,
-            "restarts": self.restarts,
-            "in_flight": self.in_flight,
-            "last_exit_reason": self.last_exit_reason,
-            "last_error": self.last_error,
-            "server_info": info or None,
-            "protocol_version": self.initialize_result.get("protocolVersion"),  # what the gateway speaks with it
-        }
-
 
 class StdioRuntime(ServerRuntime):
     """A stdio server: a child process, which is the one session every caller shares."""
 
     transport = "stdio"
     single_session = True
+    mirrors_headers = False  # over stdio, x-mcp-header marks mean nothing
     config: StdioServer
 
     def __init__(self, server_id: str, config: StdioServer, *args: Any, **kwargs: Any) -> None:
@@ -383,6 +382,7 @@ class HttpRuntime(ServerRuntime):
 
     transport = "streamable-http"
     single_session = False
+    mirrors_headers = True  # a 2026 request mirrors marked tool arguments in Mcp-Param-* headers
     config: HttpServer
 
     def __init__(self, server_id: str, config: HttpServer, *args: Any, **kwargs: Any) -> None:

@@ -8,15 +8,13 @@ first, so the common call costs no streaming. Written as a raw ASGI app: this is
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway import modern
+from gateway import listen, modern
 from gateway.auth import Auth
 from gateway.errors import GatewayError, InvalidRequest, ShuttingDown
 from gateway.events import Observer, Rejection, RequestRecord
@@ -32,9 +30,10 @@ from gateway.protocol import (
     loads,
     negotiate,
 )
-from gateway.replies import SSE, ModernChannel, PostChannel, acceptable, read_body
+from gateway.replies import ModernChannel, PostChannel, acceptable, pump, read_body
 from gateway.responses import JSON, HttpError, Receive, Scope, Send, send_body, send_http_error
 from gateway.sessions import DownstreamSession, SessionStore
+from gateway.stream import EventStream
 from gateway.upstream.base import ClientChannel
 
 log = logging.getLogger(__name__)
@@ -75,10 +74,12 @@ class Readiness:
 
 @dataclass(frozen=True, slots=True)
 class Edge:
-    """What every MCP endpoint shares: who may call, the client sessions, the body limit, the observer."""
+    """What every MCP endpoint shares: who may call, the client sessions and listen streams, the body limit, the
+    observer."""
 
     auth: Auth
     sessions: SessionStore
+    listeners: listen.Listeners
     observer: Observer
     readiness: Readiness
     max_body_bytes: int
@@ -240,6 +241,9 @@ class McpEndpoint:
         session = DownstreamSession("", exchange.server_id, exchange.identity, envelope.version, 0)
         session.capabilities = envelope.capabilities
         session.client_info = envelope.client_info
+        if method == "subscriptions/listen":
+            await self._listen(exchange, message, sse_ok)
+            return
         if method == "server/discover":
             response = await handler.discover(session, message)
             channel = PostChannel(session, exchange.send, json_ok, sse_ok, _ignore)
@@ -293,33 +297,40 @@ class McpEndpoint:
         await send_body(exchange.send, 200, dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}), headers)
 
     async def _get(self, exchange: Exchange, session: DownstreamSession) -> None:
-        send = exchange.send
         if session.stream is not None:
             raise HttpError(409, "Conflict: this session already has an open GET stream")
         stream = session.open_stream()
-        await send({"type": "http.response.start", "status": 200, "headers": SSE})
-        disconnected = asyncio.create_task(_wait_disconnect(exchange.receive))
         try:
-            while not disconnected.done():
-                getter = asyncio.ensure_future(stream.get())
-                done, _ = await asyncio.wait(
-                    {getter, disconnected}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-                if getter not in done:
-                    getter.cancel()
-                    if not done:
-                        await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
-                    continue
-                event = getter.result()
-                if event is None:
-                    break
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await pump(stream, exchange.send, exchange.receive, KEEPALIVE_SECONDS)
         finally:
-            disconnected.cancel()
             if session.stream is stream:
                 session.stream = None
-            with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _listen(self, exchange: Exchange, message: Message, sse_ok: bool) -> None:
+        """`subscriptions/listen`: acknowledged first, then the notifications asked for, until either side ends it."""
+        if not sse_ok:
+            raise HttpError(
+                406, "Not Acceptable: subscriptions/listen answers with an event stream (text/event-stream)"
+            )
+        honoured = listen.honoured_filter(message.get("params") or {})
+        edge = self.edge
+        if edge.readiness.draining:
+            raise ShuttingDown("the gateway is shutting down; retry on another replica", data={"reason": "shutdown"})
+        server_id = exchange.server_id
+
+        def overflowed() -> None:
+            edge.observer.rejected(server_id, Rejection.STREAM_OVERFLOW)
+
+        stream = EventStream(edge.sessions.limits.stream_buffer, "listen", overflowed, closes_on_overflow=True)
+        listener = listen.Listener(message["id"], server_id, exchange.identity, honoured, stream)
+        stream.send(listener.acknowledgement())
+        edge.listeners.add(listener)
+        edge.observer.listening(server_id, True)
+        try:
+            await pump(stream, exchange.send, exchange.receive, KEEPALIVE_SECONDS)
+        finally:
+            edge.listeners.remove(listener)
+            edge.observer.listening(server_id, False)
 
 
 def readable_id(parsed: Any) -> Any:
@@ -351,8 +362,3 @@ def _unanswered(exchange: Exchange, method: str, seconds: float, error_type: str
 
 def _ignore() -> None:
     pass
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -97,6 +97,7 @@ REJECTION_REASONS: Final = (
     "unsupported_version",
 )
 OMISSION_REASONS: Final = ("starting", "failed")
+INPUT_BRIDGES: Final = ("relayed", "passed")  # how a 2026 server's input-required answer reached the client
 UNKNOWN_TOOL: Final = "unknown"
 OTHER: Final = "other"
 GATEWAY_SERVER: Final = "_gateway"  # server_id of requests the gateway answered without an upstream
@@ -408,6 +409,32 @@ METRICS: Final[tuple[Metric, ...]] = (
             ),
         ),
         initial="every configured server x every reason",
+    ),
+    Metric(
+        "mcp_gateway_input_required_rounds_total",
+        "mcp_gateway_input_required_rounds",
+        Kind.COUNTER,
+        "",
+        "Input-required answers of 2026 servers (MCP 2026-07-28): relayed to a 2025 client as server requests by "
+        "the gateway, or passed to a 2026 client (its requestState sealed).",
+        ("server_id", "bridge"),
+        {"bridge": INPUT_BRIDGES},
+        questions=(
+            (
+                "Input-required rounds per server",
+                "sum by (server_id, bridge) (rate(mcp_gateway_input_required_rounds_total[5m]))",
+            ),
+        ),
+        initial="every configured server x both bridges",
+    ),
+    Metric(
+        "mcp_gateway_listen_streams",
+        "mcp_gateway_listen_streams",
+        Kind.GAUGE,
+        "",
+        f"Open subscriptions/listen streams of 2026 clients, per server endpoint ({GATEWAY_SERVER!r}: /mcp).",
+        ("server_id",),
+        questions=(("Clients listening for changes", "sum by (server_id) (mcp_gateway_listen_streams)"),),
     ),
     Metric(
         "mcp_gateway_event_loop_tasks",

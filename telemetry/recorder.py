@@ -23,6 +23,7 @@ from telemetry.catalog import (
     ERROR_TYPES,
     EVICTION_REASONS,
     GATEWAY_SERVER,
+    INPUT_BRIDGES,
     MCP_METHODS,
     OMISSION_REASONS,
     OTHER,
@@ -127,6 +128,8 @@ class Recorder:
         self._evictions: dict[tuple[str, str], int] = defaultdict(int)
         self._health_failures: dict[str, int] = defaultdict(int)
         self._rejections: dict[tuple[str, str], int] = defaultdict(int)
+        self._input_rounds: dict[tuple[str, str], int] = defaultdict(int)
+        self._listening: dict[str, int] = defaultdict(int)
         self._omissions: dict[tuple[str, str], int] = defaultdict(int)
         self._advertised: dict[str, frozenset[str]] = {}
         self._prompts: set[tuple[str, str]] = set()  # (server, prompt) pairs that became label values
@@ -166,6 +169,11 @@ class Recorder:
         counter("mcp_session_pool_health_check_failures_total", lambda: self._observe_pool(self._health_failures))
         counter("mcp_gateway_rejections_total", lambda: self._observe(self._rejections, ("server_id", "reason")))
         counter(
+            "mcp_gateway_input_required_rounds_total",
+            lambda: self._observe(self._input_rounds, ("server_id", "bridge")),
+        )
+        gauge("mcp_gateway_listen_streams", lambda: self._observe(self._listening, ("server_id",)))
+        counter(
             "mcp_gateway_aggregate_omissions_total", lambda: self._observe(self._omissions, ("server_id", "reason"))
         )
         gauge("mcp_gateway_active_servers", self._active_servers)
@@ -202,6 +210,8 @@ class Recorder:
                 self._evictions[(server, reason)] = 0
             for reason in OMISSION_REASONS:
                 self._omissions[(server, reason)] = 0
+            for bridge in INPUT_BRIDGES:
+                self._input_rounds[(server, bridge)] = 0
         for server in (*server_ids, GATEWAY_SERVER):
             for reason in REJECTION_REASONS:
                 self._rejections[(server, reason)] = 0
@@ -294,6 +304,12 @@ class Recorder:
 
     def rejected(self, server_id: str | None, reason: str) -> None:
         self._rejections[(server_id or GATEWAY_SERVER, reason if reason in REJECTION_REASONS else OTHER)] += 1
+
+    def input_required(self, server_id: str, relayed: bool) -> None:
+        self._input_rounds[(server_id, INPUT_BRIDGES[0] if relayed else INPUT_BRIDGES[1])] += 1
+
+    def listening(self, server_id: str | None, opened: bool) -> None:
+        self._listening[server_id or GATEWAY_SERVER] += 1 if opened else -1
 
     def omitted(self, server_id: str, reason: str) -> None:
         self._omissions[(server_id, reason if reason in OMISSION_REASONS else OTHER)] += 1

@@ -113,6 +113,9 @@ class UpstreamSession(ABC):
     def pid(self) -> int | None:
         return None
 
+    def _negotiated(self) -> None:  # noqa: B027 - a hook: only HTTP has a header to set
+        """The handshake settled `protocol_version`; what is sent from now on says so."""
+
     # -- the client side ---------------------------------------------------------------------------
 
     @property
@@ -142,20 +145,24 @@ class UpstreamSession(ABC):
 
         Anything but a discover answer naming 2026-07-28 means 2025 (servers of that era answer a request
         before `initialize` with an error, or not at all); an unreachable server fails its handshake next.
+        A `-32022` naming 2026-07-28 among the versions it supports is a 2026 server: asked once more.
         """
         probe = modern.envelope_request(modern.DISCOVER, CLIENT_CAPABILITIES, CLIENT_INFO)
-        try:
-            response = await self.request(
-                probe, timeout=min(timeout, PROBE_TIMEOUT), headers=modern.request_headers(probe)
-            )
-        except GatewayError as exc:
-            if self.closed:
-                raise  # it is gone (exited, unreachable): that is the start's failure, not an era
-            log.debug("server %s: no answer to server/discover (%s): the 2025 handshake", self.server_id, exc.message)
-            return None
-        result = response.get("result")
-        if isinstance(result, dict) and modern.speaks_modern(result):
-            return result
+        for _ in range(2):
+            try:
+                response = await self.request(
+                    probe, timeout=min(timeout, PROBE_TIMEOUT), headers=modern.request_headers(probe)
+                )
+            except GatewayError as exc:
+                if self.closed:
+                    raise  # it is gone (exited, unreachable): that is the start's failure, not an era
+                log.debug("server %s: no answer to server/discover (%s): 2025", self.server_id, exc.message)
+                return None
+            result = response.get("result")
+            if isinstance(result, dict) and modern.speaks_modern(result):
+                return result
+            if not modern.offers_modern(response.get("error")):
+                return None
         return None
 
     def adopt(self, discovered: dict[str, Any]) -> None:
@@ -181,10 +188,11 @@ class UpstreamSession(ABC):
         if "error" in response:
             raise GatewayError(f"initialize failed: {response['error'].get('message', response['error'])}")
         result = response.get("result")
-        if not isinstance(result, dict):
-            raise GatewayError("initialize answered without a result object")
+        if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
+            raise GatewayError("initialize answered without a result naming its protocol version")
         self.initialize_result = result
-        self.protocol_version = str(result.get("protocolVersion", LATEST_VERSION))
+        self.protocol_version = result["protocolVersion"]
+        self._negotiated()
         await self.notify({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     async def request(

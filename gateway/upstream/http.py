@@ -119,6 +119,9 @@ class HttpSession(UpstreamSession):
             self._listener = asyncio.create_task(self._listen(), name=f"{self.server_id}-get-stream")
             self._listener.add_done_callback(self._task_done)
 
+    def _negotiated(self) -> None:
+        self._headers["MCP-Protocol-Version"] = self.protocol_version  # notifications/initialized carries it too
+
     def _failure(self, what: str, reason: str = "transport") -> UpstreamClosed:
         for secret in self._secrets:  # belt and braces: an upstream may echo a header back in its error text
             what = what.replace(secret, "***")

@@ -27,6 +27,10 @@ def test_overhead_benchmark_runs(tmp_path: Path) -> None:
         "stdio direct",
         "stdio via gateway",
         "stdio via gw/asyncio",
+        "http26 direct",
+        "http26 via gateway",
+        "stdio26 direct",
+        "stdio26 via gateway",
     }
     via = [row for row in result["summary"] if "gateway" in row["arm"]]
     assert all(row["calls_per_s"] > 0 and row["gateway_cpu_ms_per_call"] is not None for row in via)

@@ -64,6 +64,10 @@ FEATURE_REQUEST_QUERIES = (
 NOT_SHOWN: dict[str, str] = {
     "Servers left out of /mcp [A]": "needs a server that starts slower than limits.cold_start_wait; "
     "tests/regressions/test_cold_starts_do_not_stall_the_aggregate.py drives and counts it",
+    "Input-required rounds/s and listen streams [A]": "needs a 2026 server asking for input; "
+    "tests/gateway/test_pairings.py and test_request_state.py drive and count it",
+    "Input-required rounds/s and listen streams [B]": "needs a 2026 client listening; "
+    "tests/gateway/test_listen.py drives and counts it",
 }
 
 
@@ -148,7 +152,13 @@ def test_dashboard_identity_variables_and_layout() -> None:
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     assert variables["server_id"]["multi"] and variables["server_id"]["includeAll"]
     rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
-    assert rows == ["Overview", "Session pool", "MCP semantic conventions", "Protection"]
+    assert rows == [
+        "Overview",
+        "Session pool",
+        "MCP semantic conventions",
+        "Protection",
+        "Protocol (MCP 2025 and 2026-07-28)",
+    ]
     ids = [panel["id"] for panel in _panels(dashboard)]
     assert len(ids) == len(set(ids))
     for panel in _panels(dashboard):
@@ -297,7 +307,8 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     try:
         servers = {
             DEMO: demo_server(lazy=False, restart=FAST_RESTART),
-            REMOTE: {"url": upstream.url, "lazy": False, "pool": REMOTE_POOL},
+            # Spoken to in 2025 (the demo, in 2026-07-28): upstream sessions, and their panels, have data.
+            REMOTE: {"url": upstream.url, "lazy": False, "pool": REMOTE_POOL, "protocol": "2025"},
         }
         gw = start_gateway(tmp_path_factory.mktemp("gateway"), servers, {"id": GATEWAY_ID})
         try:

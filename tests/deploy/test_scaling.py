@@ -189,7 +189,11 @@ def test_a_session_is_answered_only_by_the_replica_that_issued_it(replicas: list
     # to initialize again. The body is a JSON-RPC error so clients can show why.
     elsewhere = rpc(other, path, ECHO, session_id)
     assert elsewhere.status_code == 404, elsewhere.text
-    assert elsewhere.json() == {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": SESSION_NOT_FOUND}}
+    assert elsewhere.json() == {
+        "jsonrpc": "2.0",
+        "id": ECHO["id"],  # the error answers the request it refuses
+        "error": {"code": -32600, "message": SESSION_NOT_FOUND},
+    }
     # No session-less requests either: everything after initialize names its session.
     bare = rpc(other, path, ECHO)
     assert bare.status_code == 400, bare.text

@@ -17,6 +17,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.conformance.runner import minimal_env
+from tests.support.mcp import answer, raw_initialize, rpc
 from tests.support.metrics import scrape
 from tests.support.processes import Gateway, Upstream, demo_server, everything_server
 
@@ -128,8 +129,9 @@ async def test_discover_on_each_endpoint(gateway_factory: Any, http_upstream: Up
     assert result["resultType"] == "complete" and result["ttlMs"] == 0 and result["cacheScope"] == "private"
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "mcp-gateway"
     assert {"tools", "prompts", "resources"} <= set(result["capabilities"])
-    # No listen stream is served yet: nothing that needs one is offered.
-    assert "listChanged" not in result["capabilities"]["tools"]
+    # List changes reach 2026 clients on subscriptions/listen; resource subscriptions are not carried yet.
+    assert result["capabilities"]["tools"]["listChanged"] is True
+    assert "subscribe" not in result["capabilities"]["resources"]
     one = _post(gw, "/servers/remote/mcp", _request("server/discover")).json()["result"]
     assert one["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "remote"
     assert "tools" in one["capabilities"]
@@ -219,7 +221,7 @@ async def test_2026_requests_that_are_wrong_get_the_error_that_says_so(
     _error(_post(gw, path, _call(name, {"text": "x"}), **{"Mcp-Name": "other"}), 400, -32020)
     _error(_post(gw, path, _call(name, {"text": "x"}), **{"Mcp-Name": ""}), 400, -32020)
     assert _spaced_name(gw, path, name) == 200  # whitespace around a header value is not part of it
-    for removed in ("ping", "initialize", "logging/setLevel", "resources/subscribe", "subscriptions/listen"):
+    for removed in ("ping", "initialize", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"):
         _error(_post(gw, path, _request(removed)), 404, -32601)
     loud = _request("tools/list")
     loud["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = "loud"
@@ -276,3 +278,32 @@ async def test_a_2026_client_is_not_sent_server_requests(gateway_factory: Any) -
         assert result.is_error or "sampling" in _text(result).lower(), result
         assert _text(await client.call_tool("echo", {"message": "still here"})) == "Echo: still here"
     assert "response" not in counting.methods  # nothing was asked of the client
+
+
+async def test_a_server_that_answers_discover_with_garbage_is_a_2025_server(
+    gateway_factory: Any, http_raw: Upstream
+) -> None:
+    odd = {name: {"url": f"{http_raw.url}?discover={name}"} for name in ("garbage", "wrong")}
+    gw = gateway_factory(odd)
+    for name in odd:
+        for mode in MODES:
+            async with _client(gw.url(name), mode) as client:
+                assert _text(await client.call_tool("echo", {"text": name})) == name
+        assert gw.server(name)["protocol_version"] == "2025-11-25" and gw.server(name)["state"] == "running"
+
+
+async def test_a_marked_argument_reaches_a_2026_server_in_its_header_even_before_any_listing(
+    gateway_factory: Any, http_upstream: Upstream
+) -> None:
+    """The gateway mirrors `region` into Mcp-Param-Region; not knowing the tool yet, it lists and sends again."""
+    gw = gateway_factory({"remote": {"url": http_upstream.url}})
+    session_id = raw_initialize(gw, "/servers/remote/mcp")  # a 2025 client that never lists the tools
+    call = {"name": "route", "arguments": {"region": "us west", "query": "q"}}
+    response = rpc(
+        gw, "/servers/remote/mcp", {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": call}, session_id
+    )
+    assert answer(response)["result"]["content"][0]["text"] == "q in us west", response.text
+    listed = scrape(gw).total("mcp_gateway_requests_total", server_id="remote", method="tools/list")
+    assert listed == 1  # the server refused the call without the header: the gateway listed, and sent again
+    async with _client(gw.url("remote"), "2026-07-28") as client:
+        assert _text(await client.call_tool("route", {"region": "Zürich", "query": "q"})) == "q in Zürich"

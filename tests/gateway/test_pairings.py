@@ -19,6 +19,7 @@ from mcp.client.context import ClientRequestContext
 from mcp.types import ElicitRequestParams, ElicitResult
 
 from tests.conformance.runner import free_port, minimal_env, start_server_everything_http, stop_process
+from tests.support.metrics import scrape
 from tests.support.paths import PY, REPO
 from tests.support.processes import everything_server, start_http_upstream
 
@@ -85,3 +86,8 @@ async def test_every_client_mode_with_this_upstream(gateway_factory: Any, tmp_pa
                     assert "action=accept" in asked.content[0].text and "ada" in asked.content[0].text  # type: ignore[union-attr]
         state = gw.server("up")["protocol_version"]
         assert state == ("2025-11-25" if kind.startswith("2025") else "2026-07-28")
+        rounds = scrape(gw)
+        # One elicitation per client and endpoint: asked of the legacy client by the gateway, passed to the others.
+        relayed = rounds.total("mcp_gateway_input_required_rounds_total", bridge="relayed")
+        passed = rounds.total("mcp_gateway_input_required_rounds_total", bridge="passed")
+        assert (relayed, passed) == ((2, 4) if conformance else (0, 0))

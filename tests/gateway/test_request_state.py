@@ -10,6 +10,7 @@ import pytest
 
 from gateway.errors import GatewayError
 from gateway.mrtr import StateSealer
+from tests.support.metrics import scrape
 from tests.support.paths import PY, REPO
 from tests.support.processes import Gateway
 
@@ -94,3 +95,5 @@ def test_the_servers_request_state_is_sealed_to_the_caller(gateway_factory: Any)
     done = _call(gw, TOKEN_A, 4, inputResponses=answers, requestState=sealed)["result"]
     assert done["resultType"] == "complete"
     assert done["content"][0]["text"].startswith("state-ok"), done
+    rounds = scrape(gw).total("mcp_gateway_input_required_rounds_total", server_id="conf", bridge="passed")
+    assert rounds == 1  # the refused retries never reached the server

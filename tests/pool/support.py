@@ -72,3 +72,9 @@ class RecordingObserver:
 
     def omitted(self, server_id: str, reason: str) -> None:
         pass
+
+    def input_required(self, server_id: str, relayed: bool) -> None:
+        pass
+
+    def listening(self, server_id: str | None, opened: bool) -> None:
+        pass

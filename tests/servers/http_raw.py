@@ -2,7 +2,9 @@
 
 Run: ``python -m tests.servers.http_raw --port 0``; it prints ``READY <port>`` once listening.
 MCP lives at ``/mcp``: initialize (an ``Mcp-Session-Id``), notifications (202), ``tools/list``,
-``tools/call``, DELETE (200); GET is 405. Tools:
+``tools/call``, DELETE (200); GET is 405. ``server/discover`` is answered like any unknown method
+(a 2025 server), or, with ``?discover=garbage``, with a body that is not JSON, or with
+``?discover=wrong``, with a result of the wrong shape. Tools:
 
 - ``echo {text}``: answers the text, as JSON.
 - ``replay {lines, sse, answer}``: with ``sse`` (default), one SSE event per raw line (``$ID`` in
@@ -54,15 +56,25 @@ def _sse(events: list[str]) -> StreamingResponse:
     return StreamingResponse(stream(), media_type="text/event-stream")
 
 
+def _odd_discover(request: Request, request_id: Any) -> Response | None:
+    """What `?discover=` asks this server of 2025 to answer to server/discover (None: like any unknown method)."""
+    odd = request.query_params.get("discover")
+    if odd == "garbage":
+        return Response(b"<<< not json", media_type="application/json")
+    if odd == "wrong":
+        return JSONResponse(_answer(request_id, {"supportedVersions": "2026-07-28", "capabilities": []}))
+    return None
+
+
 async def mcp(request: Request) -> Response:
-    if request.method == "GET":
-        return Response(status_code=405)
-    if request.method == "DELETE":
-        return Response(status_code=200)
+    if request.method != "POST":  # no GET stream; DELETE ends the session
+        return Response(status_code=405 if request.method == "GET" else 200)
     message = json.loads(await request.body())
     method, request_id = message.get("method"), message.get("id")
     if "id" not in message:
         return Response(status_code=202)
+    if method == "server/discover" and (odd := _odd_discover(request, request_id)) is not None:
+        return odd
     if method == "initialize":
         result = {
             "protocolVersion": "2025-11-25",

@@ -77,7 +77,7 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Busy]:
     try:
         servers = {
             DEMO: demo_server(lazy=False),
-            REMOTE: {"url": upstream.url, "lazy": False},
+            REMOTE: {"url": upstream.url, "lazy": False, "protocol": "2025"},  # upstream sessions: 2025
             SPARE: demo_server(),  # lazy and never called: no request series
         }
         gw = start_gateway(tmp_path_factory.mktemp("gateway"), servers)
