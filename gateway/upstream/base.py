@@ -27,7 +27,6 @@ from gateway.errors import (
     UpstreamInvalid,
     UpstreamTimeout,
     UpstreamTooLarge,
-    UpstreamUnavailable,
 )
 from gateway.protocol import LATEST_VERSION, Message, error_response, is_valid_id, response_problem
 from gateway.upstream.framing import Frame, Oversized
@@ -35,7 +34,6 @@ from gateway.upstream.framing import Frame, Oversized
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024  # bytes of one upstream message (limits.max_upstream_message_bytes)
-PROBE_TIMEOUT = 5.0  # seconds a server may take to answer server/discover before it is taken for a 2025 one
 CLIENT_INFO = {"name": "mcp-gateway", "version": __version__}
 # Declared upstream so servers may use them; each request is relayed to a downstream client that
 # declared the capability, or answered with an error.
@@ -121,49 +119,6 @@ class UpstreamSession(ABC):
     @property
     def in_flight(self) -> int:
         return len(self._pending)
-
-    async def connect(self, timeout: float, protocol: str = "auto", discovered: dict[str, Any] | None = None) -> None:
-        """Learn which era the server speaks: `server/discover` first, the 2025 handshake when it is not answered.
-
-        `protocol` ("auto", "2025" or "2026") is the server's configured era; `discovered` is what it
-        answered the last probe of this start: it is used, not asked again.
-        """
-        if discovered is None and protocol != "2025":
-            discovered = await self._probe(timeout)
-        if discovered is not None:
-            self.adopt(discovered)
-        elif protocol == "2026":
-            raise UpstreamUnavailable(
-                f"server {self.server_id!r} did not answer server/discover with 2026-07-28 (configured protocol: 2026)",
-                data={"server": self.server_id, "reason": "protocol"},
-            )
-        else:
-            await self.initialize(timeout)
-
-    async def _probe(self, timeout: float) -> dict[str, Any] | None:
-        """The server's discover answer if it speaks 2026-07-28; None for a server of the 2025 revisions.
-
-        Anything but a discover answer naming 2026-07-28 means 2025 (servers of that era answer a request
-        before `initialize` with an error, or not at all); an unreachable server fails its handshake next.
-        A `-32022` naming 2026-07-28 among the versions it supports is a 2026 server: asked once more.
-        """
-        probe = modern.envelope_request(modern.DISCOVER, CLIENT_CAPABILITIES, CLIENT_INFO)
-        for _ in range(2):
-            try:
-                response = await self.request(
-                    probe, timeout=min(timeout, PROBE_TIMEOUT), headers=modern.request_headers(probe)
-                )
-            except GatewayError as exc:
-                if self.closed:
-                    raise  # it is gone (exited, unreachable): that is the start's failure, not an era
-                log.debug("server %s: no answer to server/discover (%s): 2025", self.server_id, exc.message)
-                return None
-            result = response.get("result")
-            if isinstance(result, dict) and modern.speaks_modern(result):
-                return result
-            if not modern.offers_modern(response.get("error")):
-                return None
-        return None
 
     def adopt(self, discovered: dict[str, Any]) -> None:
         """Speak 2026-07-28 with the server that answered discover with `discovered`."""

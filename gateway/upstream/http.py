@@ -30,6 +30,7 @@ from yarl import URL
 from gateway.config import HttpServer
 from gateway.errors import GatewayError, SessionExpired, UpstreamClosed, UpstreamInvalid, UpstreamUnavailable
 from gateway.protocol import Message, dumps
+from gateway.upstream import era
 from gateway.upstream.base import DEFAULT_MAX_MESSAGE, Pending, UpstreamHandler, UpstreamSession
 from gateway.upstream.framing import Frame, Oversized, sse_data
 
@@ -111,7 +112,7 @@ class HttpSession(UpstreamSession):
     async def start(self, timeout: float, discovered: dict[str, Any] | None = None) -> None:
         """Connected: a 2026 server needs nothing more; a 2025 session opens its GET stream."""
         try:
-            await self.connect(timeout, self.config.protocol, discovered)
+            await era.connect(self, timeout, self.config.protocol, discovered)
         except UpstreamClosed as exc:
             raise UpstreamUnavailable(exc.message, data=exc.data) from None
         self._headers["MCP-Protocol-Version"] = self.protocol_version

@@ -21,6 +21,7 @@ from mcp.client.stdio import get_default_environment
 from gateway.config import StdioServer
 from gateway.errors import UpstreamClosed, UpstreamUnavailable
 from gateway.protocol import Message, dumps
+from gateway.upstream import era
 from gateway.upstream.base import DEFAULT_MAX_MESSAGE, Pending, UpstreamHandler, UpstreamSession
 from gateway.upstream.child import Child
 from gateway.upstream.framing import LineSplitter
@@ -83,7 +84,7 @@ class StdioSession(UpstreamSession):
             asyncio.create_task(self._read_stdout(), name=f"{self.server_id}-stdout"),
             asyncio.create_task(self._read_stderr(), name=f"{self.server_id}-stderr"),
         ]
-        await self.connect(timeout, self.config.protocol)
+        await era.connect(self, timeout, self.config.protocol)
 
     async def _send(self, message: Message, pending: Pending | None) -> None:
         proc = self._proc
