@@ -29,6 +29,7 @@ from gateway.errors import GatewayError, ShuttingDown
 from gateway.events import EvictionReason, NullObserver, Observer, Rejection, StopReason, eviction_for_stop
 from gateway.forward import Forwarder, ServerProxy
 from gateway.guard import Guard
+from gateway.holds import Holds
 from gateway.lifecycle import Lifecycle
 from gateway.listen import Listeners
 from gateway.mrtr import StateSealer
@@ -70,9 +71,13 @@ class Gateway:
         self.auth = Auth(self.settings.auth.tokens)
         self.readiness = Readiness()
         self.listeners = Listeners()
-        self.edge = Edge(self.auth, self.sessions, self.listeners, self.observer, self.readiness, limits.max_body_bytes)
         state_key = self.settings.state_key
-        self.forwarder = Forwarder(self.pool, self.observer, StateSealer(state_key.encode() if state_key else None))
+        sealer = StateSealer(state_key.encode() if state_key else None)
+        self.holds = Holds(sealer, limits.max_held_calls, limits.input_hold_seconds, self.observer.holding)
+        self.edge = Edge(
+            self.auth, self.sessions, self.listeners, self.holds, self.observer, self.readiness, limits.max_body_bytes
+        )
+        self.forwarder = Forwarder(self.pool, self.observer, sealer)
         self.aggregator = Aggregator(
             self.lifecycle.servers,
             self.forwarder,
@@ -147,6 +152,7 @@ class Gateway:
             if session.stream is not None:
                 session.close()
         self.listeners.close_all()
+        self.holds.close()
         # Just before uvicorn's own drain timeout cuts connections, answer what is still in flight.
         deadline = max(0.0, self.settings.limits.drain_timeout - _DEADLINE_MARGIN)
         with contextlib.suppress(RuntimeError):  # no running loop: nothing can be in flight

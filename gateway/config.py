@@ -173,6 +173,10 @@ class Limits(_Model):
     session_idle_timeout: float = Field(3600.0, gt=0, description="forget a client session unused this long")
     drain_timeout: float = Field(10.0, ge=0, description="seconds in-flight requests get on shutdown")
     page_size: int = Field(500, gt=0, description="items per page of the aggregated lists")
+    max_held_calls: int = Field(
+        1000, gt=0, description="calls held for a 2026 client's answer to a 2025 server's question, at once"
+    )
+    input_hold_seconds: float = Field(300.0, gt=0, description="how long a held call waits for the client's retry")
 
 
 class GatewaySettings(_Model):

@@ -131,11 +131,15 @@ class Observer(Protocol):
     def omitted(self, server_id: str, reason: str) -> None:
         """A server was left out of an aggregated answer on /mcp."""
 
-    def input_required(self, server_id: str, relayed: bool) -> None:
-        """A 2026 server answered input_required: relayed to a 2025 client as requests, or passed to a 2026 one."""
+    def input_required(self, server_id: str, bridge: str) -> None:
+        """An input-required round (`telemetry.catalog.INPUT_BRIDGES`): a 2026 server's, relayed to a 2025
+        client as requests or passed to a 2026 one; or a 2025 server's question, held for a 2026 client."""
 
     def listening(self, server_id: str | None, opened: bool) -> None:
         """A 2026 client opened or closed a listen stream (on one server's endpoint, or on /mcp: None)."""
+
+    def holding(self, server_id: str, held: bool) -> None:
+        """A call began, or ended, waiting for a 2026 client's answer to its 2025 server's question."""
 
 
 class NullObserver:
@@ -166,8 +170,11 @@ class NullObserver:
     def omitted(self, server_id: str, reason: str) -> None:
         pass
 
-    def input_required(self, server_id: str, relayed: bool) -> None:
+    def input_required(self, server_id: str, bridge: str) -> None:
         pass
 
     def listening(self, server_id: str | None, opened: bool) -> None:
+        pass
+
+    def holding(self, server_id: str, held: bool) -> None:
         pass

@@ -133,7 +133,7 @@ class Forwarder:
         for _ in range(MAX_ROUNDS):
             result: dict[str, Any] = response["result"]
             relayed = not modern.is_modern_version(session.protocol_version)
-            self.observer.input_required(runtime.id, relayed)
+            self.observer.input_required(runtime.id, "relayed" if relayed else "passed")
             if not relayed:
                 if isinstance(result.get("requestState"), str):
                     sealed = self.sealer.seal(result["requestState"], session.identity, runtime.id, message["method"])

@@ -10,7 +10,8 @@ and that state. The gateway carries this between eras:
   credential for every caller and could not tell them apart);
 - a 2025 client and a 2026 server: each input request becomes a request to the client on the call's
   stream (only for capabilities the client declared), and the call is sent again with the answers,
-  for at most `MAX_ROUNDS` rounds.
+  for at most `MAX_ROUNDS` rounds;
+- a 2026 client and a 2025 server: see `gateway.holds` (the call is held, its state sealed here too).
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ class StateSealer:
         if self.clock() > expiry:
             raise _refused(f"it expired (valid {self.ttl:g}s); send the request again without it", "expired")
         return str(state)
+
+    def peek(self, token: Any) -> str | None:
+        """The state inside a token this gateway sealed, its binding unchecked; None for any other token."""
+        if not isinstance(token, str) or not token.startswith(_PREFIX) or token.count(".") != 2:
+            return None
+        encoded, mac = token[len(_PREFIX) :].split(".")
+        if not hmac.compare_digest(mac, self._mac(encoded)):
+            return None
+        return str(orjson.loads(base64.urlsafe_b64decode(encoded))[0])
 
     def _mac(self, encoded: str) -> str:
         return hmac.new(self._key, encoded.encode(), hashlib.sha256).hexdigest()

@@ -17,6 +17,7 @@ from gateway import modern
 from gateway.errors import MethodNotFound, TooDeep, UpstreamInvalid
 from gateway.events import Rejection
 from gateway.headers import media_quality
+from gateway.holds import Asking
 from gateway.protocol import Message, dumps, error_response
 from gateway.responses import JSON, HttpError, Receive, Send, send_body
 from gateway.sessions import DownstreamSession
@@ -125,24 +126,28 @@ class PostChannel:
 
 
 class ModernChannel(PostChannel):
-    """The reply to one 2026 request: progress, and log lines at the level it asked for; no server requests.
+    """The reply to one 2026 request: progress, and log lines at the level it asked for.
 
-    The 2026 revision has no server-to-client requests: a 2025 server asking one mid-call is told
-    the client cannot be asked (the input-required bridge is not built yet).
+    The 2026 revision has no server-to-client requests: what a 2025 server asks mid-call goes to the
+    call's `Asking`, and the client answers it by sending the call again (`gateway.holds`).
     """
 
-    def __init__(self, envelope: modern.Envelope, *args: Any) -> None:
+    def __init__(self, envelope: modern.Envelope, asking: Asking, holds_full: Callable[[], bool], *args: Any) -> None:
         super().__init__(*args)
         self.envelope = envelope
+        self.asking = asking
+        self._holds_full = holds_full
 
     def notify(self, message: Message) -> bool:
         return modern.wants_notification(message, self.envelope) and super().notify(message)
 
     async def request(self, message: Message) -> Message:
-        method = message.get("method")
-        raise MethodNotFound(
-            f"a client of MCP 2026-07-28 cannot be sent {method} in the middle of a call", data={"method": method}
-        )
+        if self._holds_full():
+            raise MethodNotFound(
+                "the client cannot be asked now: the gateway holds its maximum of calls waiting for answers",
+                data={"method": message.get("method"), "reason": "held_calls"},
+            )
+        return await self.asking.ask(message)
 
 
 async def pump(stream: EventStream, send: Send, receive: Receive, keepalive: float) -> None:

@@ -8,6 +8,7 @@ first, so the common call costs no streaming. Written as a raw ASGI app: this is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from gateway import listen, modern
 from gateway.auth import Auth
 from gateway.errors import GatewayError, InvalidRequest, ShuttingDown
 from gateway.events import Observer, Rejection, RequestRecord
+from gateway.holds import Asking, Holds
 from gateway.protocol import (
     HEADER_REQUIRED_SINCE,
     SUPPORTED_VERSIONS,
@@ -35,6 +37,7 @@ from gateway.responses import JSON, HttpError, Receive, Scope, Send, send_body, 
 from gateway.sessions import DownstreamSession, SessionStore
 from gateway.stream import EventStream
 from gateway.upstream.base import ClientChannel
+from telemetry.catalog import GATEWAY_SERVER
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class Edge:
     auth: Auth
     sessions: SessionStore
     listeners: listen.Listeners
+    holds: Holds
     observer: Observer
     readiness: Readiness
     max_body_bytes: int
@@ -254,8 +258,16 @@ class McpEndpoint:
                 observer.rejected(server_id, Rejection.STREAM_OVERFLOW)
 
             session.stream_buffer = self.edge.sessions.limits.stream_buffer
-            channel = ModernChannel(envelope, session, exchange.send, json_ok, sse_ok, overflowed)
-            response = await handler.request(session, message, channel)
+            holds, where = self.edge.holds, server_id or GATEWAY_SERVER
+            resumed = holds.resume(message, exchange.identity, where)  # a retry of a held call
+            call, asking = resumed or (None, Asking(envelope.capabilities))
+            channel = ModernChannel(envelope, asking, holds.full, session, exchange.send, json_ok, sse_ok, overflowed)
+            if call is None:
+                call = asyncio.create_task(handler.request(session, message, channel))
+            response, held = await holds.answer(call, asking, exchange.identity, where, message)
+            if held:
+                observer.input_required(where, "held")
+            response = {**response, "id": message["id"]}  # a retry's answer goes to the retry
         response = modern.to_modern(response, message, handler.server_info(response))
         error = response.get("error")
         code = error.get("code") if isinstance(error, dict) else None

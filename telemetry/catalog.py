@@ -97,7 +97,9 @@ REJECTION_REASONS: Final = (
     "unsupported_version",
 )
 OMISSION_REASONS: Final = ("starting", "failed")
-INPUT_BRIDGES: Final = ("relayed", "passed")  # how a 2026 server's input-required answer reached the client
+# How an input-required round crossed the gateway: a 2026 server's answer relayed to a 2025 client as
+# requests, or passed to a 2026 client; or a 2025 server's question held for a 2026 client's retry.
+INPUT_BRIDGES: Final = ("relayed", "passed", "held")
 UNKNOWN_TOOL: Final = "unknown"
 OTHER: Final = "other"
 GATEWAY_SERVER: Final = "_gateway"  # server_id of requests the gateway answered without an upstream
@@ -415,8 +417,9 @@ METRICS: Final[tuple[Metric, ...]] = (
         "mcp_gateway_input_required_rounds",
         Kind.COUNTER,
         "",
-        "Input-required answers of 2026 servers (MCP 2026-07-28): relayed to a 2025 client as server requests by "
-        "the gateway, or passed to a 2026 client (its requestState sealed).",
+        "Input-required rounds (MCP 2026-07-28): a 2026 server's, relayed to a 2025 client as server requests or "
+        "passed to a 2026 client (its requestState sealed); or a 2025 server's question, its call held for a 2026 "
+        "client's retry.",
         ("server_id", "bridge"),
         {"bridge": INPUT_BRIDGES},
         questions=(
@@ -425,7 +428,17 @@ METRICS: Final[tuple[Metric, ...]] = (
                 "sum by (server_id, bridge) (rate(mcp_gateway_input_required_rounds_total[5m]))",
             ),
         ),
-        initial="every configured server x both bridges",
+        initial="every configured server x every bridge",
+    ),
+    Metric(
+        "mcp_gateway_held_calls",
+        "mcp_gateway_held_calls",
+        Kind.GAUGE,
+        "",
+        "Calls held for a 2026 client's answer to what their 2025 server asked mid-call (limits.max_held_calls, "
+        f"each for limits.input_hold_seconds), per server endpoint ({GATEWAY_SERVER!r}: /mcp).",
+        ("server_id",),
+        questions=(("Calls waiting for a client's answer", "sum by (server_id) (mcp_gateway_held_calls)"),),
     ),
     Metric(
         "mcp_gateway_listen_streams",

@@ -130,6 +130,7 @@ class Recorder:
         self._rejections: dict[tuple[str, str], int] = defaultdict(int)
         self._input_rounds: dict[tuple[str, str], int] = defaultdict(int)
         self._listening: dict[str, int] = defaultdict(int)
+        self._holding: dict[str, int] = defaultdict(int)
         self._omissions: dict[tuple[str, str], int] = defaultdict(int)
         self._advertised: dict[str, frozenset[str]] = {}
         self._prompts: set[tuple[str, str]] = set()  # (server, prompt) pairs that became label values
@@ -173,6 +174,7 @@ class Recorder:
             lambda: self._observe(self._input_rounds, ("server_id", "bridge")),
         )
         gauge("mcp_gateway_listen_streams", lambda: self._observe(self._listening, ("server_id",)))
+        gauge("mcp_gateway_held_calls", lambda: self._observe(self._holding, ("server_id",)))
         counter(
             "mcp_gateway_aggregate_omissions_total", lambda: self._observe(self._omissions, ("server_id", "reason"))
         )
@@ -305,11 +307,14 @@ class Recorder:
     def rejected(self, server_id: str | None, reason: str) -> None:
         self._rejections[(server_id or GATEWAY_SERVER, reason if reason in REJECTION_REASONS else OTHER)] += 1
 
-    def input_required(self, server_id: str, relayed: bool) -> None:
-        self._input_rounds[(server_id, INPUT_BRIDGES[0] if relayed else INPUT_BRIDGES[1])] += 1
+    def input_required(self, server_id: str, bridge: str) -> None:
+        self._input_rounds[(server_id, bridge if bridge in INPUT_BRIDGES else OTHER)] += 1
 
     def listening(self, server_id: str | None, opened: bool) -> None:
         self._listening[server_id or GATEWAY_SERVER] += 1 if opened else -1
+
+    def holding(self, server_id: str, held: bool) -> None:
+        self._holding[server_id] += 1 if held else -1
 
     def omitted(self, server_id: str, reason: str) -> None:
         self._omissions[(server_id, reason if reason in OMISSION_REASONS else OTHER)] += 1

@@ -15,11 +15,13 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.types import ElicitResult
 
 from tests.conformance.runner import minimal_env
 from tests.support.mcp import answer, raw_initialize, rpc
 from tests.support.metrics import scrape
 from tests.support.processes import Gateway, Upstream, demo_server, everything_server
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -269,15 +271,44 @@ async def test_errors_carry_the_request_id_in_both_eras(gateway_factory: Any) ->
     assert unreadable.status_code == 400 and unreadable.json()["id"] is None
 
 
-async def test_a_2026_client_is_not_sent_server_requests(gateway_factory: Any) -> None:
-    """A 2025 server asking the client for sampling mid-call is told it cannot; the client gets the call's answer."""
+async def test_a_2025_servers_question_reaches_a_2026_client_as_input_required(gateway_factory: Any) -> None:
+    """server-everything (2025) asks for an elicitation mid-call: the call is held, the 2026 client answers."""
     gw = gateway_factory({"everything": everything_server(env=minimal_env())})
-    counting = _Counting()
-    async with _client(gw.url("everything"), "2026-07-28", counting) as client:
-        result = await client.call_tool("trigger-sampling-request", {"prompt": "hi", "maxTokens": 5})
-        assert result.is_error or "sampling" in _text(result).lower(), result
-        assert _text(await client.call_tool("echo", {"message": "still here"})) == "Echo: still here"
-    assert "response" not in counting.methods  # nothing was asked of the client
+    answered: list[str] = []
+
+    async def on_elicit(context: Any, params: Any) -> ElicitResult:
+        answered.append(params.message)
+        return ElicitResult(action="accept", content={"name": "Ada", "check": True, "email": "ada@example.com"})
+
+    for path, tool in (
+        ("/servers/everything/mcp", "trigger-elicitation-request"),
+        ("/mcp", "everything__trigger-elicitation-request"),
+    ):
+        async with _client(gw.base + path, "2026-07-28", elicitation_callback=on_elicit) as client:
+            result = await client.call_tool(tool, {})
+            assert not result.is_error and "Ada" in json.dumps(result.model_dump(mode="json")), result
+    assert len(answered) == 2
+    metrics = scrape(gw)
+    assert metrics.total("mcp_gateway_input_required_rounds_total", bridge="held") == 2
+    assert metrics.total("mcp_gateway_held_calls") == 0
+
+
+def test_a_held_call_refuses_a_state_that_is_altered_or_comes_too_late(gateway_factory: Any) -> None:
+    gw = gateway_factory({"everything": everything_server(env=minimal_env())}, {"limits": {"input_hold_seconds": 1}})
+    envelope = {**ENVELOPE, "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
+    call = _request("tools/call", 1, name="trigger-elicitation-request", arguments={})
+    call["params"]["_meta"] = envelope
+    first = _post(gw, "/servers/everything/mcp", call).json()["result"]
+    assert first["resultType"] == "input_required", first
+    ((key, question),) = first["inputRequests"].items()
+    assert question["method"] == "elicitation/create"
+    retry = {**call, "id": 2, "params": {**call["params"], "inputResponses": {key: {"action": "decline"}}}}
+    tampered = {**retry, "params": {**retry["params"], "requestState": first["requestState"] + "x"}}
+    assert _error(_post(gw, "/servers/everything/mcp", tampered), 400, -32602, 2)["data"]["reason"] == "state_tampered"
+    # Not answered in time: the call is dropped (its upstream request cancelled), and a late retry is told so.
+    wait_for(lambda: scrape(gw).total("mcp_gateway_held_calls") == 0, what="the held call to expire")
+    late = {**retry, "params": {**retry["params"], "requestState": first["requestState"]}}
+    assert _error(_post(gw, "/servers/everything/mcp", late), 400, -32602, 2)["data"]["reason"] == "state_expired"
 
 
 async def test_a_server_that_answers_discover_with_garbage_is_a_2025_server(

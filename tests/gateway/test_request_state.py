@@ -48,6 +48,7 @@ def test_a_sealed_state_opens_only_for_its_caller_server_and_method_until_it_exp
     body, mac = token.rsplit(".", 1)
     altered = body[:-2] + ("A" if body[-2] != "A" else "B") + body[-1] + "." + mac
     assert _refusal(lambda: sealer.open(altered, "alice", "srv", "tools/call")) == "state_tampered"
+    assert sealer.peek(token) == "the server's state" and sealer.peek(altered) is None and sealer.peek(7) is None
     other_replica = StateSealer(b"j" * 32, clock=clock)
     assert _refusal(lambda: other_replica.open(token, "alice", "srv", "tools/call")) == "state_tampered"
     assert StateSealer(b"k" * 32, clock=clock).open(token, "alice", "srv", "tools/call") == "the server's state"

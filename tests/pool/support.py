@@ -73,8 +73,11 @@ class RecordingObserver:
     def omitted(self, server_id: str, reason: str) -> None:
         pass
 
-    def input_required(self, server_id: str, relayed: bool) -> None:
+    def input_required(self, server_id: str, bridge: str) -> None:
         pass
 
     def listening(self, server_id: str | None, opened: bool) -> None:
+        pass
+
+    def holding(self, server_id: str, held: bool) -> None:
         pass
