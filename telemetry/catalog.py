@@ -439,6 +439,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         f"each for limits.input_hold_seconds), per server endpoint ({GATEWAY_SERVER!r}: /mcp).",
         ("server_id",),
         questions=(("Calls waiting for a client's answer", "sum by (server_id) (mcp_gateway_held_calls)"),),
+        initial=f"every configured server and {GATEWAY_SERVER!r}",
     ),
     Metric(
         "mcp_gateway_listen_streams",
@@ -448,6 +449,7 @@ METRICS: Final[tuple[Metric, ...]] = (
         f"Open subscriptions/listen streams of 2026 clients, per server endpoint ({GATEWAY_SERVER!r}: /mcp).",
         ("server_id",),
         questions=(("Clients listening for changes", "sum by (server_id) (mcp_gateway_listen_streams)"),),
+        initial=f"every configured server and {GATEWAY_SERVER!r}",
     ),
     Metric(
         "mcp_gateway_event_loop_tasks",

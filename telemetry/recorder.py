@@ -217,6 +217,7 @@ class Recorder:
         for server in (*server_ids, GATEWAY_SERVER):
             for reason in REJECTION_REASONS:
                 self._rejections[(server, reason)] = 0
+            self._listening[server] = self._holding[server] = 0
 
     def watch(self, fleet: Fleet) -> None:
         """Read the gauges from `fleet` from now on."""
