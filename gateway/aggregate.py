@@ -117,15 +117,18 @@ class Aggregator:
         self._answered(session, message, started, None)
         return result_response(message["id"], discovered)
 
-    def input_schema(self, message: Message) -> Any:
+    def tool(self, message: Message) -> modern.ToolMarks | None:
         try:
             runtime, params = self.route("tools/call", message.get("params") or {})
         except GatewayError:
             return None  # the call itself says what is wrong with the name
-        return self.forwarder.input_schema(runtime.id, params["name"])
+        return self.forwarder.tool(runtime.id, params["name"])
 
     def server_info(self, response: Message) -> Any:
         return GATEWAY_INFO
+
+    def may_ask(self) -> bool:
+        return any(runtime.discovered is None for runtime in self.servers.values())
 
     def _instructions(self) -> str:
         servers = ", ".join(sorted(self.servers))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from gateway import modern
@@ -38,13 +39,17 @@ from gateway.upstream.base import ClientChannel, UpstreamSession
 log = logging.getLogger(__name__)
 
 
-class _Upstream:
-    """Time spent waiting on the upstream, over every attempt of one request."""
+@dataclass(slots=True)
+class _Call:
+    """One client request on its way to one server, over every attempt: where, for whom, and time spent upstream."""
 
-    seconds: float | None = None
+    runtime: ServerRuntime
+    session: DownstreamSession
+    channel: ClientChannel | None
+    upstream_seconds: float | None = None
 
-    def add(self, seconds: float) -> None:
-        self.seconds = (self.seconds or 0.0) + seconds
+    def waited(self, seconds: float) -> None:
+        self.upstream_seconds = (self.upstream_seconds or 0.0) + seconds
 
 
 class Forwarder:
@@ -54,7 +59,7 @@ class Forwarder:
         self.pool = pool
         self.observer = observer
         self.sealer = sealer or StateSealer()
-        self._schemas: dict[str, dict[str, Any]] = {}  # server id -> tool name -> input schema, as last listed
+        self._tools: dict[str, dict[str, modern.ToolMarks]] = {}  # server id -> tool name -> its schema, as listed
 
     async def forward(
         self, runtime: ServerRuntime, session: DownstreamSession, message: Message, channel: ClientChannel | None
@@ -63,17 +68,17 @@ class Forwarder:
         started = time.perf_counter()
         method = message["method"]
         error_type: ErrorType | None = None
-        upstream = _Upstream()
+        call = _Call(runtime, session, channel)
         try:
             if runtime.discovered is not None and method in modern.REMOVED:
                 return self._removed_upstream(runtime, session, message)
-            response = await self._exchange(runtime, session, message, channel, upstream)
+            response = await self._exchange(call, message)
             if method == "tools/call" and runtime.discovered is not None and _header_mismatch(response):
                 # The server's tool marks changed since the gateway last listed them: list, then once more.
                 await self.forward(runtime, session, {"jsonrpc": "2.0", "id": "relist", "method": "tools/list"}, None)
-                response = await self._exchange(runtime, session, message, channel, upstream)
+                response = await self._exchange(call, message)
             if is_input_required(response):
-                response = await self._input_required(runtime, session, message, channel, upstream, response)
+                response = await self._input_required(call, message, response)
             # An object, or absent beside an error: upstream sessions refuse responses of any other shape.
             result: dict[str, Any] = response.get("result") or {}
             if "error" in response:
@@ -100,36 +105,22 @@ class Forwarder:
                 target=named_target(message),
                 duration=time.perf_counter() - started,
                 error_type=error_type,
-                upstream_duration=upstream.seconds,
+                upstream_duration=call.upstream_seconds,
                 protocol_version=session.protocol_version,
                 upstream_transport=runtime.transport,
             )
             self.observer.request_finished(record)
 
-    async def _exchange(
-        self,
-        runtime: ServerRuntime,
-        session: DownstreamSession,
-        message: Message,
-        channel: ClientChannel | None,
-        upstream: _Upstream,
-    ) -> Message:
+    async def _exchange(self, call: _Call, message: Message) -> Message:
         try:
-            return await self._send(runtime, session, message, channel, upstream)
+            return await self._send(call, message)
         except SessionExpired:
             # The upstream forgot the session and did not process the request: once more, on a new one.
-            return await self._send(runtime, session, message, channel, upstream)
+            return await self._send(call, message)
 
-    async def _input_required(
-        self,
-        runtime: ServerRuntime,
-        session: DownstreamSession,
-        message: Message,
-        channel: ClientChannel | None,
-        upstream: _Upstream,
-        response: Message,
-    ) -> Message:
+    async def _input_required(self, call: _Call, message: Message, response: Message) -> Message:
         """A 2026 server needs input: a 2026 client gets the answer (its state sealed), a 2025 client is asked."""
+        runtime, session = call.runtime, call.session
         for _ in range(MAX_ROUNDS):
             result: dict[str, Any] = response["result"]
             relayed = not modern.is_modern_version(session.protocol_version)
@@ -139,10 +130,10 @@ class Forwarder:
                     sealed = self.sealer.seal(result["requestState"], session.identity, runtime.id, message["method"])
                     response = {**response, "result": {**result, "requestState": sealed}}
                 return response
-            params = {**(message.get("params") or {}), "inputResponses": await _ask(channel, result)}
+            params = {**(message.get("params") or {}), "inputResponses": await _ask(call.channel, result)}
             if "requestState" in result:
                 params["requestState"] = result["requestState"]
-            response = await self._exchange(runtime, session, {**message, "params": params}, channel, upstream)
+            response = await self._exchange(call, {**message, "params": params})
             if not is_input_required(response):
                 return response
         raise GatewayError(
@@ -178,30 +169,28 @@ class Forwarder:
         outgoing = modern.with_envelope(message, session.capabilities, session.client_info, session.log_level)
         if not upstream.sends_headers:
             return outgoing, None
-        return outgoing, modern.request_headers(outgoing, self.input_schema(runtime.id, params.get("name")))
+        return outgoing, modern.request_headers(outgoing, self.tool(runtime.id, params.get("name")))
 
-    async def _send(
-        self,
-        runtime: ServerRuntime,
-        session: DownstreamSession,
-        message: Message,
-        channel: ClientChannel | None,
-        upstream: _Upstream,
-    ) -> Message:
+    async def _send(self, call: _Call, message: Message) -> Message:
         """One exchange on a pooled session; a session whose transport failed is discarded, not returned."""
+        runtime, session = call.runtime, call.session
         pooled = await self.pool.acquire(runtime, session.identity)
         broken = False
         started = time.perf_counter()
         try:
             outgoing, headers = self._for_upstream(runtime, pooled.session, session, message)
             return await pooled.session.request(
-                outgoing, timeout=runtime.config.request_timeout, downstream=channel, owner=session, headers=headers
+                outgoing,
+                timeout=runtime.config.request_timeout,
+                downstream=call.channel,
+                owner=session,
+                headers=headers,
             )
         except UpstreamClosed:
             broken = True
             raise
         finally:
-            upstream.add(time.perf_counter() - started)
+            call.waited(time.perf_counter() - started)
             self.pool.release(runtime, pooled, identity=session.identity, failed=broken)
 
     def _report_tools(self, runtime: ServerRuntime, request: Message, result: dict[str, Any]) -> None:
@@ -211,10 +200,10 @@ class Forwarder:
                 tool["name"]: tool for tool in tools if isinstance(tool, dict) and isinstance(tool.get("name"), str)
             }
             first_page = not (request.get("params") or {}).get("cursor")
-            schemas = self._schemas.setdefault(runtime.id, {})
+            known = self._tools.setdefault(runtime.id, {})
             if first_page:
-                schemas.clear()
-            schemas.update((name, tool.get("inputSchema")) for name, tool in listed.items())
+                known.clear()
+            known.update((name, modern.ToolMarks(tool.get("inputSchema"))) for name, tool in listed.items())
             self.observer.tools_listed(runtime.id, list(listed), first_page)
 
     def _usable_tools(self, runtime: ServerRuntime, response: Message) -> Message:
@@ -230,9 +219,9 @@ class Forwarder:
                 )
         return response if len(kept) == len(tools) else {**response, "result": {**response["result"], "tools": kept}}
 
-    def input_schema(self, server_id: str, tool: Any) -> Any:
-        """The input schema a server last listed for `tool`; None when it listed none (or no such tool)."""
-        return self._schemas.get(server_id, {}).get(tool)
+    def tool(self, server_id: str, name: Any) -> modern.ToolMarks | None:
+        """What a server last listed for a tool: its schema and marks; None when it listed no such tool."""
+        return self._tools.get(server_id, {}).get(name)
 
     async def discover(self, runtime: ServerRuntime, session: DownstreamSession, message: Message) -> Message:
         """`server/discover` for a 2026 client: the server's own answer, or one made of its 2025 `initialize` answer."""
@@ -342,8 +331,11 @@ class ServerProxy:
     async def discover(self, session: DownstreamSession, message: Message) -> Message:
         return await self.forwarder.discover(self.runtime, session, message)
 
-    def input_schema(self, message: Message) -> Any:
-        return self.forwarder.input_schema(self.runtime.id, (message.get("params") or {}).get("name"))
+    def tool(self, message: Message) -> modern.ToolMarks | None:
+        return self.forwarder.tool(self.runtime.id, (message.get("params") or {}).get("name"))
 
     def server_info(self, response: Message) -> Any:
         return self.runtime.initialize_result.get("serverInfo")
+
+    def may_ask(self) -> bool:
+        return self.runtime.discovered is None

@@ -35,7 +35,7 @@ class Asking:
 
     def __init__(self, capabilities: dict[str, Any]) -> None:
         self.capabilities = capabilities  # declared by the request that started the call
-        self.asked = asyncio.Event()
+        self.waiter: asyncio.Future[None] | None = None  # the retry waiting for the call's answer or a question
         self._questions: dict[str, tuple[Message, asyncio.Future[Message]]] = {}
         self._keys = itertools.count(1)
 
@@ -51,7 +51,8 @@ class Asking:
         key = f"q{next(self._keys)}"
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._questions[key] = (message, future)
-        self.asked.set()
+        if self.waiter is not None:
+            _wake(self.waiter)
         try:
             return await future
         finally:
@@ -102,17 +103,18 @@ class Holds:
 
         Returns (response, held).
         """
-        asked = asyncio.ensure_future(asking.asked.wait())
-        try:
-            done, _ = await asyncio.wait({call, asked}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            call.cancel()  # the client went away before anything was held
-            raise
-        finally:
-            asked.cancel()
-        if call in done:
+        if not call.done() and not asking.open_questions():
+            waiter = asking.waiter = asyncio.get_running_loop().create_future()
+            call.add_done_callback(lambda _: _wake(waiter))
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                call.cancel()  # the client went away before anything was held
+                raise
+            finally:
+                asking.waiter = None
+        if call.done():
             return call.result(), False
-        asking.asked.clear()
         hold_id = secrets.token_urlsafe(12)
         held = self._held[hold_id] = _Held(call, asking, where)
         self._on_change(where, True)
@@ -153,3 +155,8 @@ class Holds:
     def close(self) -> None:
         for hold_id in list(self._held):
             self._expire(hold_id)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

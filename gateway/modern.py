@@ -11,14 +11,15 @@ judges a request exactly as a server built with the SDK would.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from mcp.shared.inbound import (
     NAME_BEARING_METHODS,
     InboundLadderRejection,
-    InboundModernRoute,
     classify_inbound_request,
+    decode_header_value,
     encode_header_value,
     find_duplicated_routing_header,
     find_invalid_x_mcp_header,
@@ -82,6 +83,7 @@ ERROR_STATUS: Final = {
     METHOD_NOT_FOUND: 404,
 }
 
+_PLAIN_NAME: Final = re.compile(r"[!-~](?:[ -~]*[!-~])?")  # printable ASCII, no space at either end: sent as is
 LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
@@ -112,44 +114,95 @@ class Envelope:
 
     __slots__ = ("capabilities", "client_info", "log_level", "version")
 
-    def __init__(self, route: InboundModernRoute, log_level: int | None) -> None:
-        self.version: str = route.protocol_version
-        capabilities = route.client_capabilities
+    def __init__(self, version: str, capabilities: Any, client_info: Any, log_level: int | None) -> None:
+        self.version = version
         self.capabilities: dict[str, Any] = capabilities if isinstance(capabilities, dict) else {}
-        self.client_info: Any = route.client_info
+        self.client_info = client_info
         self.log_level = log_level  # index into LEVELS; None: the client wants no log messages
 
 
-def check_request(message: Message, headers: Mapping[bytes, bytes]) -> Envelope:
+def check_request(message: Message, headers: Mapping[bytes, bytes], raw: list[tuple[bytes, bytes]]) -> Envelope:
     """The envelope of a 2026 request whose headers agree with its body; raises the error that says what is wrong.
 
-    Order as the SDK's: the envelope keys (-32602), the headers against the body (-32020), then the
-    version (-32022), then the log level a client asked for (-32602).
+    `raw` are the request's header lines, where a repeated header shows. A well-formed request is
+    checked here, at little cost; any other is judged by the SDK's rules, in the SDK's order: the
+    envelope keys (-32602), the headers against the body (-32020), then the version (-32022), then the
+    log level a client asked for (-32602).
     """
-    raw = _text_headers(headers)
-    duplicated = find_duplicated_routing_header(raw)
+    routing = [name for name, _ in raw if name in _ROUTING]
+    if len(routing) == len(set(routing)) and (envelope := _well_formed(message, headers)) is not None:
+        return envelope
+    text = _text_headers(raw)
+    duplicated = find_duplicated_routing_header(text)
     if duplicated is not None:
         raise HeaderMismatch(f"the {duplicated} header appears more than once")
-    verdict = classify_inbound_request(message, headers=dict(raw), supported_modern_versions=MODERN_VERSIONS)
+    verdict = classify_inbound_request(message, headers=dict(text), supported_modern_versions=MODERN_VERSIONS)
     if isinstance(verdict, InboundLadderRejection):
         raise rejection_error(verdict)
     meta = message["params"]["_meta"]
-    return Envelope(verdict, _log_level(meta.get(LOG_LEVEL_KEY)) if LOG_LEVEL_KEY in meta else None)
+    level = _log_level(meta.get(LOG_LEVEL_KEY)) if LOG_LEVEL_KEY in meta else None
+    return Envelope(verdict.protocol_version, verdict.client_capabilities, verdict.client_info, level)
 
 
-def check_param_headers(input_schema: Any, message: Message, headers: Mapping[bytes, bytes]) -> None:
+_ROUTING: Final = frozenset({b"mcp-protocol-version", b"mcp-method", b"mcp-name"})
+
+
+def _well_formed(message: Message, headers: Mapping[bytes, bytes]) -> Envelope | None:
+    """The envelope of a request that passes every rule of `check_request`; None when any may fail."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or CLIENT_CAPABILITIES_KEY not in meta:
+        return None
+    version = meta.get(PROTOCOL_VERSION_KEY)
+    level = meta.get(LOG_LEVEL_KEY, LEVELS[0])
+    if version not in MODERN_VERSIONS or level not in LEVELS or _header(headers, b"mcp-protocol-version") != version:
+        return None
+    method = message["method"]
+    if _header(headers, b"mcp-method") != method:
+        return None
+    name_key = NAME_BEARING_METHODS.get(method)
+    if name_key is not None and (named := params.get(name_key)) is not None:  # type: ignore[union-attr]
+        name = _header(headers, b"mcp-name")
+        if name is None or (decode_header_value(name) if name.startswith("=?") else name) != named:
+            return None
+    logged = LEVELS.index(level) if LOG_LEVEL_KEY in meta else None
+    return Envelope(version, meta[CLIENT_CAPABILITIES_KEY], meta.get(CLIENT_INFO_KEY), logged)
+
+
+def _header(headers: Mapping[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return value.decode("latin-1").strip(" \t") if value is not None else None
+
+
+class ToolMarks:
+    """A tool's input schema and its `x-mcp-header` marks (property path -> header token), read once per listing."""
+
+    __slots__ = ("marks", "schema")
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+        # None: no marks a client may use (none at all, or one invalid, which disqualifies the tool)
+        self.marks: dict[tuple[str, ...], str] | None = None
+        if isinstance(schema, dict) and find_invalid_x_mcp_header(schema) is None:
+            self.marks = x_mcp_header_map(schema) or None
+
+
+def check_param_headers(tool: ToolMarks | None, message: Message, headers: Mapping[bytes, bytes]) -> None:
     """Check a tools/call's `Mcp-Param-*` headers against its arguments, by the tool's `x-mcp-header` marks."""
+    if tool is None or tool.marks is None:
+        return  # a tool with no usable mark has no header to compare (the common case, at no cost)
+    input_schema = tool.schema
     arguments = (message.get("params") or {}).get("arguments")
     if arguments is not None and not isinstance(arguments, dict):
         return  # the server says what is wrong with the arguments
-    rejection = validate_mcp_param_headers(input_schema, arguments or {}, dict(_text_headers(headers)))
+    rejection = validate_mcp_param_headers(input_schema, arguments or {}, dict(_text_headers(headers.items())))
     if rejection is not None:
         raise rejection_error(rejection)
 
 
-def _text_headers(headers: Mapping[bytes, bytes]) -> list[tuple[str, str]]:
+def _text_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     """Header names and values as text, values without the whitespace around them (RFC 9110 5.5)."""
-    return [(name.decode("latin-1"), value.decode("latin-1").strip(" \t")) for name, value in headers.items()]
+    return [(name.decode("latin-1"), value.decode("latin-1").strip(" \t")) for name, value in headers]
 
 
 def rejection_error(rejection: InboundLadderRejection) -> GatewayError:
@@ -337,23 +390,20 @@ def with_envelope(message: Message, capabilities: Any, client_info: Any, log_lev
     return {**message, "params": {**params, "_meta": {**meta, **envelope}}}
 
 
-def request_headers(message: Message, input_schema: Any = None) -> dict[str, str]:
+def request_headers(message: Message, tool: ToolMarks | None = None) -> dict[str, str]:
     """The HTTP headers a 2026 request carries: version, method, the name it is about, and the marked arguments."""
     method = message["method"]
     params = message.get("params") or {}
     headers = {"MCP-Protocol-Version": LATEST_MODERN, "Mcp-Method": method}
     name_key = NAME_BEARING_METHODS.get(method)
     if name_key is not None and isinstance(params.get(name_key), str):
-        headers["Mcp-Name"] = encode_header_value(params[name_key])
+        name = params[name_key]
+        plain = _PLAIN_NAME.fullmatch(name) and not name.startswith("=?")
+        headers["Mcp-Name"] = name if plain else encode_header_value(name)
     arguments = params.get("arguments")
-    if method == "tools/call" and isinstance(arguments, dict) and usable_marks(input_schema):
-        headers.update(mcp_param_headers(x_mcp_header_map(input_schema), arguments))
+    if tool is not None and tool.marks is not None and isinstance(arguments, dict):
+        headers.update(mcp_param_headers(tool.marks, arguments))
     return headers
-
-
-def usable_marks(input_schema: Any) -> bool:
-    """Whether a tool's schema has `x-mcp-header` marks a client may use (an invalid one disqualifies the tool)."""
-    return isinstance(input_schema, dict) and find_invalid_x_mcp_header(input_schema) is None
 
 
 def marks_valid(input_schema: Any) -> bool:

@@ -58,12 +58,16 @@ class McpHandler(Protocol):
 
     async def discover(self, session: DownstreamSession, message: Message) -> Message: ...
 
-    def input_schema(self, message: Message) -> Any:
-        """The input schema of the tool a tools/call names, when known; None otherwise."""
+    def tool(self, message: Message) -> modern.ToolMarks | None:
+        """The schema and marks of the tool a tools/call names, when known; None otherwise."""
         ...
 
     def server_info(self, response: Message) -> Any:
         """The `serverInfo` of whoever answered `response`."""
+        ...
+
+    def may_ask(self) -> bool:
+        """Whether a server behind the endpoint may ask the client something mid-call (one of the 2025 era)."""
         ...
 
 
@@ -233,10 +237,10 @@ class McpEndpoint:
         handler, method = exchange.handler, message["method"]
         started = time.perf_counter()
         try:
-            envelope = modern.check_request(message, exchange.headers)
+            envelope = modern.check_request(message, exchange.headers, exchange.scope["headers"])
             modern.check_method(method)
             if method == "tools/call":
-                modern.check_param_headers(handler.input_schema(message), message, exchange.headers)
+                modern.check_param_headers(handler.tool(message), message, exchange.headers)
         except GatewayError as exc:
             self.edge.observer.request_finished(
                 _unanswered(exchange, method, time.perf_counter() - started, exc.error_type)
@@ -262,12 +266,14 @@ class McpEndpoint:
             resumed = holds.resume(message, exchange.identity, where)  # a retry of a held call
             call, asking = resumed or (None, Asking(envelope.capabilities))
             channel = ModernChannel(envelope, asking, holds.full, session, exchange.send, json_ok, sse_ok, overflowed)
-            if call is None:
-                call = asyncio.create_task(handler.request(session, message, channel))
-            response, held = await holds.answer(call, asking, exchange.identity, where, message)
-            if held:
-                observer.input_required(where, "held")
-            response = {**response, "id": message["id"]}  # a retry's answer goes to the retry
+            if call is None and not handler.may_ask():  # 2026 servers ask nothing mid-call: no call to hold
+                response = await handler.request(session, message, channel)
+            else:
+                call = call or asyncio.create_task(handler.request(session, message, channel))
+                response, held = await holds.answer(call, asking, exchange.identity, where, message)
+                if held:
+                    observer.input_required(where, "held")
+                response = {**response, "id": message["id"]}  # a retry's answer goes to the retry
         response = modern.to_modern(response, message, handler.server_info(response))
         error = response.get("error")
         code = error.get("code") if isinstance(error, dict) else None

@@ -179,13 +179,19 @@ def _post(gw: Gateway, path: str, message: Any, **headers: str) -> httpx2.Respon
     return gw.post(path, content=body, headers=sent)  # type: ignore[return-value]
 
 
-def _spaced_name(gw: Gateway, path: str, name: str) -> int:
-    """The status of a call whose Mcp-Name has whitespace around it (which httpx will not send)."""
+def _spaced_name(gw: Gateway, path: str, name: str, twice: bool = False) -> int:
+    """The status of a call whose Mcp-Name has whitespace around it (which httpx will not send), or comes twice."""
     connection = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
     headers = {**gw.headers, "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     headers |= {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": f"  {name} "}
+    body = json.dumps(_call(name, {"text": "x"})).encode()
     try:
-        connection.request("POST", path, body=json.dumps(_call(name, {"text": "x"})), headers=headers)
+        connection.putrequest("POST", path)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            connection.putheader(key, value)
+        if twice:
+            connection.putheader("Mcp-Name", name)
+        connection.endheaders(body)
         return connection.getresponse().status
     finally:
         connection.close()
@@ -223,6 +229,7 @@ async def test_2026_requests_that_are_wrong_get_the_error_that_says_so(
     _error(_post(gw, path, _call(name, {"text": "x"}), **{"Mcp-Name": "other"}), 400, -32020)
     _error(_post(gw, path, _call(name, {"text": "x"}), **{"Mcp-Name": ""}), 400, -32020)
     assert _spaced_name(gw, path, name) == 200  # whitespace around a header value is not part of it
+    assert _spaced_name(gw, path, name, twice=True) == 400  # readers of the first and the last copy would differ
     for removed in ("ping", "initialize", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"):
         _error(_post(gw, path, _request(removed)), 404, -32601)
     loud = _request("tools/list")
@@ -235,7 +242,7 @@ async def test_2026_requests_that_are_wrong_get_the_error_that_says_so(
         answer = httpx2.request(verb, gw.base + path, headers=gw.headers, timeout=30)
         assert answer.status_code == 405 and answer.headers["allow"] == "POST", answer.text
     metrics = scrape(gw)
-    assert metrics.total("mcp_gateway_rejections_total", reason="header_mismatch") == 5
+    assert metrics.total("mcp_gateway_rejections_total", reason="header_mismatch") == 6
     assert metrics.total("mcp_gateway_rejections_total", reason="unsupported_version") == 1
 
 

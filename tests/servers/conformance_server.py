@@ -103,6 +103,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
+from tests.servers.ready import ReadyServer
+
 # A 1x1 PNG and a tiny WAV: the payloads of the image and audio fixtures.
 PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 WAV_BASE64 = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
@@ -651,16 +653,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-class _ReadyServer(uvicorn.Server):
-    """uvicorn server that announces ``READY <port>`` once its sockets are listening."""
-
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            port = self.servers[0].sockets[0].getsockname()[1]
-            print(f"READY {port}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--transport", choices=["http", "stdio"], required=True)
@@ -683,7 +675,7 @@ def main(argv: list[str] | None = None) -> None:
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
     )
-    _ReadyServer(config).run()
+    ReadyServer(config).run()
     sys.exit(0)
 
 

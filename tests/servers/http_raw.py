@@ -33,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.servers.ready import ReadyServer
+
 TOOLS = [
     {"name": name, "description": f"{name} (see tests/servers/http_raw.py)", "inputSchema": {"type": "object"}}
     for name in ("echo", "replay", "big")
@@ -139,19 +141,12 @@ app = Starlette(
 )
 
 
-class _ReadyServer(uvicorn.Server):
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            print(f"READY {self.servers[0].sockets[0].getsockname()[1]}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=1)
-    _ReadyServer(config).run()
+    ReadyServer(config).run()
     sys.exit(0)
 
 

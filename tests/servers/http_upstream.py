@@ -20,6 +20,8 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tests.servers.ready import ReadyServer
+
 MAX_SLEEP_SECONDS = 60.0
 SESSION_HEADER = "mcp-session-id"
 
@@ -102,16 +104,6 @@ def _add_2026_tools(server: MCPServer) -> None:
         return "logged"
 
 
-class _ReadyServer(uvicorn.Server):
-    """uvicorn server that announces ``READY <port>`` once its sockets are listening."""
-
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            port = self.servers[0].sockets[0].getsockname()[1]
-            print(f"READY {port}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -127,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
     )
-    _ReadyServer(config).run()
+    ReadyServer(config).run()
     sys.exit(0)
 
 

@@ -1,0 +1,17 @@
+"""What the HTTP test servers share: a uvicorn server that says when it listens, for tests to wait on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import uvicorn
+
+
+class ReadyServer(uvicorn.Server):
+    """A uvicorn server that prints ``READY <port>`` (flushed) once its sockets are listening."""
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            print(f"READY {port}", flush=True)
