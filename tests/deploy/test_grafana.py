@@ -64,10 +64,12 @@ FEATURE_REQUEST_QUERIES = (
 NOT_SHOWN: dict[str, str] = {
     "Servers left out of /mcp [A]": "needs a server that starts slower than limits.cold_start_wait; "
     "tests/regressions/test_cold_starts_do_not_stall_the_aggregate.py drives and counts it",
-    "Input-required rounds/s and listen streams [A]": "needs a 2026 server asking for input; "
+    "Input-required rounds, held calls and listen streams [A]": "needs a server asking for input; "
     "tests/gateway/test_pairings.py and test_request_state.py drive and count it",
-    "Input-required rounds/s and listen streams [B]": "needs a 2026 client listening; "
+    "Input-required rounds, held calls and listen streams [B]": "needs a 2026 client listening; "
     "tests/gateway/test_listen.py drives and counts it",
+    "Input-required rounds, held calls and listen streams [C]": "needs a call held for a 2026 client's answer; "
+    "tests/gateway/test_modern.py drives and counts it",
 }
 
 

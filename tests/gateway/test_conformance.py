@@ -109,6 +109,8 @@ def test_2026_requirements_through_the_gateway(
         lost = sorted(set(REQUIRED_2026) - _passed(one))
         assert lost == [], failure_summary({name: one.get(name, []) for name in lost})
         assert gw.server("conf")["protocol_version"] == "2026-07-28"
+        if kind == "stdio" and modern_only:
+            return  # /mcp is the same whatever serves it: checked over the other three upstreams
         aggregate = run_requirements_checks(gw.url(), "2026-07-28", tmp_path / "aggregate")
         wanted = set(REQUIRED_2026) - BARE_NAMES
         lost = sorted(wanted - _passed(aggregate))

@@ -55,9 +55,15 @@ def _text(result: Any) -> str:
     return str(result.content[0].text)
 
 
-@pytest.mark.parametrize("mode", MODES)
-async def test_every_client_mode_on_both_endpoints(gateway_factory: Any, http_upstream: Upstream, mode: str) -> None:
+async def test_every_client_mode_on_both_endpoints(gateway_factory: Any, http_upstream: Upstream) -> None:
+    """Each mode of the official client, against a stdio and an HTTP server, and the exchanges of one call."""
     gw = gateway_factory({"demo": demo_server(), "remote": {"url": http_upstream.url}})
+    for mode in MODES:
+        await _every_endpoint(gw, mode)
+        await _exchanges_per_call(gw, mode)
+
+
+async def _every_endpoint(gw: Gateway, mode: str) -> None:
     expected = "2025-11-25" if mode == "legacy" else "2026-07-28"
     async with _client(gw.url(), mode) as client:
         assert client.protocol_version == expected
@@ -87,10 +93,8 @@ async def test_every_client_mode_on_both_endpoints(gateway_factory: Any, http_up
             assert _text(result) == "completed 3 steps" and steps == [1.0, 2.0, 3.0]
 
 
-@pytest.mark.parametrize("mode", MODES)
-async def test_http_exchanges_per_call(gateway_factory: Any, mode: str) -> None:
+async def _exchanges_per_call(gw: Gateway, mode: str) -> None:
     """`auto` settles on 2026-07-28 with one discover and no fallback; a pinned client sends the call alone."""
-    gw = gateway_factory({"demo": demo_server()})
     counting = _Counting()
     async with _client(gw.url("demo"), mode, counting) as client:
         connect = list(counting.methods)
@@ -101,7 +105,7 @@ async def test_http_exchanges_per_call(gateway_factory: Any, mode: str) -> None:
     expected_connect = {"2026-07-28": [], "auto": ["server/discover"], "legacy": ["initialize"]}[mode]
     assert [method for method in connect if not method.startswith("notifications/")] == expected_connect
     call = [method for method in call if not method.startswith("notifications/")]
-    assert call == ["tools/call"]
+    assert call == ["tools/call"], mode
 
 
 async def test_log_lines_reach_only_a_request_that_asked_at_its_level(
