@@ -99,17 +99,21 @@ class Forwarder:
             error_type = ErrorType.INTERNAL
             return error_response(message["id"], internal_error(runtime.id))
         finally:
-            record = RequestRecord(
-                server_id=runtime.id,
-                method=method,
-                target=named_target(message),
-                duration=time.perf_counter() - started,
-                error_type=error_type,
-                upstream_duration=call.upstream_seconds,
-                protocol_version=session.protocol_version,
-                upstream_transport=runtime.transport,
-            )
-            self.observer.request_finished(record)
+            self._finished(call, message, started, error_type)
+
+    def _finished(self, call: _Call, message: Message, started: float, error_type: ErrorType | None) -> None:
+        """Report one request the server was asked (or was to be asked) for: its outcome and its times."""
+        record = RequestRecord(
+            server_id=call.runtime.id,
+            method=message["method"],
+            target=named_target(message),
+            duration=time.perf_counter() - started,
+            error_type=error_type,
+            upstream_duration=call.upstream_seconds,
+            protocol_version=call.session.protocol_version,
+            upstream_transport=call.runtime.transport,
+        )
+        self.observer.request_finished(record)
 
     async def _exchange(self, call: _Call, message: Message) -> Message:
         try:
@@ -238,17 +242,7 @@ class Forwarder:
             error_type = exc.error_type
             return error_response(message["id"], exc.to_error())
         finally:
-            record = RequestRecord(
-                server_id=runtime.id,
-                method="server/discover",
-                target=None,
-                duration=time.perf_counter() - started,
-                error_type=error_type,
-                upstream_duration=None,
-                protocol_version=session.protocol_version,
-                upstream_transport=runtime.transport,
-            )
-            self.observer.request_finished(record)
+            self._finished(_Call(runtime, session, None), message, started, error_type)
 
     async def notify(self, runtime: ServerRuntime, session: DownstreamSession, message: Message) -> None:
         """Relay a client notification; `notifications/cancelled` is matched to its in-flight request."""

@@ -93,9 +93,6 @@ class Holds:
         self._on_change = on_change  # (where, held): a call began or ended waiting
         self._held: dict[str, _Held] = {}
 
-    def __len__(self) -> int:
-        return len(self._held)
-
     async def answer(
         self, call: asyncio.Task[Message], asking: Asking, identity: str, where: str, request: Message
     ) -> tuple[Message, bool]:

@@ -10,7 +10,6 @@ servers announce (their own listen streams, for 2026 servers) and what `/mcp` an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Final
 
 from gateway.errors import InvalidParams
@@ -95,12 +94,6 @@ class Listeners:
 
     def __init__(self) -> None:
         self._open: set[Listener] = set()
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-    def __iter__(self) -> Iterator[Listener]:
-        return iter(list(self._open))
 
     def add(self, listener: Listener) -> None:
         self._open.add(listener)

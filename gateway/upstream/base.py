@@ -170,7 +170,8 @@ class UpstreamSession(ABC):
             )
         if self.modern:  # the gateway's own requests (tool lists, checks) carry its envelope
             message = modern.with_envelope(message, {}, CLIENT_INFO, None)
-            headers = headers if headers is not None else modern.request_headers(message)
+            if headers is None and self.sends_headers:
+                headers = modern.request_headers(message)
         upstream_id = next(self._ids)
         pending = Pending(asyncio.get_running_loop().create_future(), message["id"], downstream, owner)
         pending.method = message.get("method", "")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.events import PoolEvent, RequestRecord
+from gateway.events import NullObserver, PoolEvent
 
 
 @dataclass
@@ -23,7 +22,7 @@ class FakeClock:
 
 
 @dataclass
-class RecordingObserver:
+class RecordingObserver(NullObserver):
     """An `Observer` that counts pool events (all servers together) and remembers starts and stops."""
 
     hits: int = 0
@@ -58,26 +57,5 @@ class RecordingObserver:
     def server_stopped(self, server_id: str, reason: str) -> None:
         self.stops.append((server_id, str(reason)))
 
-    def request_finished(self, record: RequestRecord) -> None:
-        pass
-
-    def tools_listed(self, server_id: str, names: Sequence[str], first_page: bool) -> None:
-        pass
-
-    def session_closed(self, side: str, seconds: float, protocol_version: str, transport: str | None) -> None:
-        pass
-
     def rejected(self, server_id: str | None, reason: str) -> None:
         self.rejections[reason] += 1
-
-    def omitted(self, server_id: str, reason: str) -> None:
-        pass
-
-    def input_required(self, server_id: str, bridge: str) -> None:
-        pass
-
-    def listening(self, server_id: str | None, opened: bool) -> None:
-        pass
-
-    def holding(self, server_id: str, held: bool) -> None:
-        pass

@@ -98,12 +98,11 @@ from mcp.types.methods import CacheableMethod
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field, WithJsonSchema
 from starlette.datastructures import Headers
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
-from tests.servers.ready import ReadyServer
+from tests.servers.ready import ReadyServer, add_healthz
 
 # A 1x1 PNG and a tiny WAV: the payloads of the image and audio fixtures.
 PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
@@ -139,10 +138,7 @@ def create_server(name: str = "mcp-conformance-server") -> MCPServer:
     _add_completions(server)
     _add_handshake_era_methods(server)
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "server": server.name})
-
-    server.custom_route("/healthz", methods=["GET"])(healthz)
+    add_healthz(server)
     return server
 
 

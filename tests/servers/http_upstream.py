@@ -17,10 +17,8 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
-from tests.servers.ready import ReadyServer
+from tests.servers.ready import ReadyServer, add_healthz
 
 MAX_SLEEP_SECONDS = 60.0
 SESSION_HEADER = "mcp-session-id"
@@ -81,10 +79,7 @@ def create_server(name: str = "http-upstream") -> MCPServer:
     def info() -> str:
         return f"{server.name}: test upstream for mcp-gateway"
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "server": server.name})
-
-    server.custom_route("/healthz", methods=["GET"])(healthz)
+    add_healthz(server)
 
     return server
 
